@@ -1,0 +1,5 @@
+import sys
+
+from randommask.cli import main
+
+sys.exit(main())

@@ -1,0 +1,41 @@
+import json
+import subprocess
+import sys
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "randommask", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_bench_tokenize_mask_and_mlm_step_print_json(ecoli):
+    out = run("bench", "tokenize", "--windows", "200", "--genome", str(ecoli))
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["bench"] == "tokenize" and r["ratio"] > 1 and r["ours_tokens_per_s"] > r["baseline_tokens_per_s"]
+
+    out = run("bench", "mask", "--batch", "8", "--genome", str(ecoli))
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["bench"] == "mask" and r["span_bounds"] == [6, 14] and r["ratio"] > 1
+
+    out = run("bench", "mlm-step", "--batch", "2", "--seq-len", "128", "--steps", "1", "--genome", str(ecoli))
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["bench"] == "mlm-step" and r["loss_abs_diff"] < 1e-4 and r["ratio"] > 1
+
+
+def test_demo_trains_on_the_real_genome(ecoli):
+    out = run("demo", "--steps", "3", "--batch", "2", "--genome", str(ecoli))
+    assert out.returncode == 0, out.stderr
+    assert "ecoli_536.fna.gz: 4,938,920 bp" in out.stdout
+    assert "step   3/3" in out.stdout
+
+
+def test_missing_genome_is_one_clear_line(tmp_path):
+    out = run("demo", "--genome", str(tmp_path / "nope.fa"))
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "nope.fa" in out.stderr and "Traceback" not in out.stderr
+    bad = tmp_path / "bad.fa"
+    bad.write_text("hello\n")
+    out = run("bench", "tokenize", "--genome", str(bad))
+    assert out.returncode == 2 and "no '>' header" in out.stderr
