@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(VENV)/bin/randommask bench tokenize
 	$(VENV)/bin/randommask bench mask
 	$(VENV)/bin/randommask bench mlm-step
+	$(VENV)/bin/randommask bench pipeline
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info platform/*.egg-info

@@ -20,11 +20,50 @@ def _need(path: Path) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ecoli() -> Path:
     return _need(ECOLI)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def lambda_phage() -> Path:
     return _need(LAMBDA)
+
+
+# ---- a real Ray cluster and a real S3-compatible server -------------------------------------------
+import os
+
+from randommask.s3server import local_s3
+
+S3_KEY, S3_SECRET = "randommask-test-key", "randommask-test-secret"
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """``rclone serve s3`` on a free loopback port; the standard AWS variables point at it, as users
+    set them. Ray starts after this fixture, so its workers inherit them."""
+    root = tmp_path_factory.mktemp("s3root")
+    with local_s3(root, S3_KEY, S3_SECRET, log=root.parent / "rclone.log") as server:
+        saved = {k: os.environ.get(k) for k in server.env()}
+        os.environ.update(server.env())
+        try:
+            yield server
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3):
+    """One local Ray cluster (token auth on, Ray's default) for the in-process tests."""
+    import ray
+
+    from randommask.ray_runtime import ensure_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    ensure_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -39,3 +39,11 @@ def test_missing_genome_is_one_clear_line(tmp_path):
     bad.write_text("hello\n")
     out = run("bench", "tokenize", "--genome", str(bad))
     assert out.returncode == 2 and "no '>' header" in out.stderr
+
+
+def test_bench_pipeline_streams_from_a_local_s3_server(ecoli):
+    out = run("bench", "pipeline", "--epochs", "1", "--genome", str(ecoli), timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["bench"] == "pipeline" and r["tokens_per_s"] > 0 and r["ratio"] > 0
+    assert set(r["per_chunk_stage_tokens_per_s"]) == {"read", "cut_filter_shuffle_rc", "tokenize"}

@@ -27,7 +27,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--steps", type=int, default=5)
     s.add_argument("--device", default="cpu")
     s.add_argument("--compile", action="store_true", help="torch.compile the sparse step")
-    for q in (t, m, s):
+    pl = bs.add_parser("pipeline", help="pretraining_dataset tokens/s from a local S3 server to a torch consumer")
+    pl.add_argument("--epochs", type=int, default=3)
+    pl.add_argument("--batch", type=int, default=256)
+    pl.add_argument("--window-bp", type=int, default=512)
+    for q in (t, m, s, pl):
         q.add_argument("--genome", help="FASTA file (default: ../shared/data/genomes/ecoli_536.fna.gz)")
         q.add_argument("--k", type=int, default=6)
         q.add_argument("--seed", type=int, default=0)
@@ -41,6 +45,8 @@ def _run_bench(args: argparse.Namespace) -> None:
         result = bench.bench_tokenize(windows=args.windows, window_bp=args.window_bp, **common)
     elif args.bench == "mask":
         result = bench.bench_mask(batch=args.batch, seq_len=args.seq_len, step=args.step, **common)
+    elif args.bench == "pipeline":
+        result = bench.bench_pipeline(epochs=args.epochs, batch=args.batch, window_bp=args.window_bp, **common)
     else:
         result = bench.bench_mlm_step(preset=args.preset, batch=args.batch, seq_len=args.seq_len, steps=args.steps,
                                       device=args.device, compile=args.compile, **common)
@@ -96,15 +102,58 @@ def _run_demo(args: argparse.Namespace) -> None:
     print(f"done     {args.steps} steps of {args.batch}x{ids.shape[1]} tokens in {time.perf_counter() - t0:.1f}s")
 
 
+def add_storage_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("object storage (credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    g.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    g.add_argument("--anon", action="store_true", help="anonymous access, for public buckets")
+
+
+def storage_options_from(args: argparse.Namespace) -> dict | None:
+    opts: dict = {}
+    if getattr(args, "endpoint_url", None):
+        opts["endpoint_url"] = args.endpoint_url
+    if getattr(args, "anon", False):
+        opts["anon"] = True
+    return opts or None
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="prepare genomes for pretraining")
+    ds = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    q = ds.add_parser("prepare", help="FASTA files (local or s3://) -> shards + manifest.json")
+    q.add_argument("sources", nargs="+", metavar="SRC", help="FASTA files, directories or globs; local or URLs")
+    q.add_argument("--out", required=True, metavar="DST", help="local directory or s3:// prefix")
+    q.add_argument("--val-fraction", type=float, default=0.01, help="bases held out for validation (default 0.01)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    q.add_argument("--min-length", type=int, default=1, help="drop records shorter than this (bp)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_storage_options(q)
+
+
+def _run_data(args: argparse.Namespace) -> None:
+    from randommask.prepare import prepare
+
+    t0 = time.perf_counter()
+    m = prepare(args.sources, args.out, val_fraction=args.val_fraction, seed=args.seed, min_length=args.min_length,
+                storage_options=storage_options_from(args), show_progress=not args.no_progress)
+    t = m["totals"]
+    print(f"prepared {t['records']} records, {t['bases']:,} bp from {t['files']} file(s) in "
+          f"{time.perf_counter() - t0:.1f}s: train {t['train_bases']:,} bp, validation {t['validation_bases']:,} bp "
+          f"({t['validation_fraction']:.2%}), N {t['n_bases']:,} bp, soft-masked {t['soft_bases']:,} bp"
+          + (f", {t['skipped_records']} record(s) under --min-length skipped" if t["skipped_records"] else ""))
+    print(f"manifest {args.out.rstrip('/')}/manifest.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="randommask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
+    _add_data(sub)
     _add_bench(sub)
     return parser
 
 
-COMMANDS = {"demo": _run_demo, "bench": _run_bench}
+COMMANDS = {"demo": _run_demo, "data": _run_data, "bench": _run_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

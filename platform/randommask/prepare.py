@@ -1,0 +1,398 @@
+"""``randommask data prepare``: FASTA files (local or object storage) -> shards + ``manifest.json``.
+
+Layout under DST (see docs/data.md):
+
+    manifest.json                     written last, atomically; the only entry point
+    shards/<run>/f00000-000.bin       1 byte per base (code | soft-mask bit), whole records
+    shards/<run>/nruns.npy            (n, 2) int64 runs of non-ACGT bases, in global coordinates
+
+``<run>`` is a digest of the inputs and options: a re-run over the same DST writes the same
+objects (each atomically), and a re-run with other inputs writes a new run directory, switches
+the manifest to it, and only then deletes the old one. A failed run never touches the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from randommask import storage
+from randommask.errors import UserError
+from randommask.genome import (
+    CODE_MASK, SOFT_BIT, HashingReader, gzip_errors, is_fasta_name, open_decompressed, parse_fasta,
+)
+from randommask.tokenizer import INVALID
+
+MANIFEST = "manifest.json"
+FORMAT = "randommask-shards"
+FORMAT_VERSION = 1
+DEFAULT_SHARD_BYTES = 256 << 20
+
+
+# ---- finding the inputs -------------------------------------------------------------------------
+def expand_sources(sources: list[str], storage_options: dict | None = None) -> list[dict[str, Any]]:
+    """Files, directories (searched recursively for FASTA names) or globs -> [{uri, size, tag}]."""
+    found: list[dict[str, Any]] = []
+    for src in sources:
+        scheme, _ = storage.split_uri(src)
+        fs, path = storage.filesystem(src, storage_options)
+        prefix = "" if scheme == "file" else f"{scheme}://"
+        try:
+            if any(c in path for c in "*?["):
+                infos = [fs.info(p) for p in sorted(fs.glob(path))]
+                infos = [i for i in infos if i.get("type") != "directory"]
+                if not infos:
+                    raise UserError(f"{src}: the pattern matches no file")
+            else:
+                info = fs.info(path)
+                if info.get("type") == "directory":
+                    infos = [fs.info(p) for p in sorted(fs.find(path)) if is_fasta_name(p)]
+                    if not infos:
+                        raise UserError(f"{src}: directory holds no FASTA file (.fa .fasta .fna, optionally .gz)")
+                else:
+                    infos = [info]
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(storage.describe_error(e, src)) from None
+        for info in infos:
+            name = info["name"]
+            uri = name if scheme == "file" or "://" in name else prefix + name
+            tag = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
+            found.append({"uri": uri, "size": int(info.get("size") or 0), "tag": str(tag)})
+    uris = [f["uri"] for f in found]
+    dupes = sorted({u for u in uris if uris.count(u) > 1})
+    if dupes:
+        raise UserError(f"{dupes[0]}: named twice among the sources")
+    return found
+
+
+# ---- one input file, in a Ray task --------------------------------------------------------------
+@dataclass
+class _Record:
+    name: str
+    chunks: list[bytes] = field(default_factory=list)  # held only until min_length is reached
+    length: int = 0
+    n_bases: int = 0
+    soft_bases: int = 0
+    nruns: list[tuple[int, int]] = field(default_factory=list)
+    shard: str | None = None
+    offset: int = 0
+
+
+class _ShardWriter:
+    """Packs whole records into local shard files and uploads each one when it is full."""
+
+    def __init__(self, run_uri: str, file_index: int, shard_bytes: int, storage_options: dict | None):
+        self.run_uri, self.file_index, self.shard_bytes = run_uri, file_index, shard_bytes
+        self.storage_options = storage_options
+        self.tmpdir = tempfile.mkdtemp(prefix="randommask-prepare-")
+        self.shards: list[dict[str, Any]] = []
+        self.f = None
+        self.name = ""
+        self.size = 0
+        self.sha = hashlib.sha256()
+
+    def begin_record(self) -> tuple[str, int]:
+        if self.f is None or self.size >= self.shard_bytes:
+            self._close()
+            self.name = f"f{self.file_index:05d}-{len(self.shards):03d}.bin"
+            self.f = open(os.path.join(self.tmpdir, self.name), "wb")
+            self.size = 0
+            self.sha = hashlib.sha256()
+        return self.name, self.size
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+        self.sha.update(data)
+        self.size += len(data)
+
+    def _close(self) -> None:
+        if self.f is None:
+            return
+        self.f.close()
+        local = os.path.join(self.tmpdir, self.name)
+        if self.size:
+            storage.put_file(local, storage.join(self.run_uri, self.name), self.storage_options)
+            self.shards.append({"name": self.name, "bytes": self.size, "sha256": self.sha.hexdigest()})
+        os.unlink(local)
+        self.f = None
+
+    def finish(self) -> list[dict[str, Any]]:
+        self._close()
+        return self.shards
+
+    def cleanup(self) -> None:
+        if self.f is not None:
+            self.f.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def _runs_of_invalid(codes: np.ndarray, base: int) -> list[tuple[int, int]]:
+    bad = (codes & CODE_MASK) == INVALID
+    if not bad.any():
+        return []
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], bad, [False])).astype(np.int8)))
+    return [(base + int(s), base + int(e)) for s, e in zip(edges[::2], edges[1::2])]
+
+
+def prepare_file(file_index: int, uri: str, run_uri: str, storage_options: dict | None, min_length: int,
+                 shard_bytes: int, progress: Any = None) -> dict[str, Any]:
+    """Parse, validate and shard one FASTA file. Returns its records, shards and checksum, or an error."""
+    writer = _ShardWriter(run_uri, file_index, shard_bytes, storage_options)
+    records: list[dict[str, Any]] = []
+    skipped = 0
+    pending = 0
+    last_report = time.monotonic()
+
+    def finish(rec: _Record | None) -> None:
+        nonlocal skipped
+        if rec is None:
+            return
+        if rec.length < min_length or rec.length == 0:
+            skipped += 1
+            return
+        records.append({"name": rec.name, "length": rec.length, "n_bases": rec.n_bases,
+                        "soft_bases": rec.soft_bases, "shard": rec.shard, "offset": rec.offset,
+                        "nruns": np.asarray(rec.nruns, dtype=np.int64).reshape(-1, 2)})
+
+    try:
+        fs, path = storage.filesystem(uri, storage_options)
+        try:
+            handle = fs.open(path, "rb", block_size=8 << 20) if not storage.is_local(uri) else open(path, "rb")
+        except Exception as e:
+            raise UserError(storage.describe_error(e, uri)) from None
+        with handle:
+            raw = HashingReader(handle)
+            rec: _Record | None = None
+            for kind, value in parse_fasta(open_decompressed(raw, uri), uri):
+                if kind == "record":
+                    finish(rec)
+                    rec = _Record(value)
+                    continue
+                arr = np.frombuffer(value, dtype=np.uint8)
+                runs = _runs_of_invalid(arr, rec.length)
+                if runs and rec.nruns and rec.nruns[-1][1] == runs[0][0]:  # a run across chunks
+                    runs[0] = (rec.nruns.pop()[0], runs[0][1])
+                rec.nruns += runs
+                rec.n_bases += int(np.count_nonzero((arr & CODE_MASK) == INVALID))
+                rec.soft_bases += int(np.count_nonzero(arr & SOFT_BIT))
+                if rec.shard is None:
+                    rec.chunks.append(value)
+                    if rec.length + len(value) >= min_length:  # long enough: start writing it
+                        rec.shard, rec.offset = writer.begin_record()
+                        for c in rec.chunks:
+                            writer.write(c)
+                        rec.chunks = []
+                else:
+                    writer.write(value)
+                rec.length += len(value)
+                pending += len(value)
+                if progress is not None and time.monotonic() - last_report > 0.5:
+                    progress.add.remote(pending)
+                    pending, last_report = 0, time.monotonic()
+            finish(rec)
+            raw.drain()
+        shards = writer.finish()
+        if progress is not None and pending:
+            progress.add.remote(pending)
+        return {"ok": True, "index": file_index, "records": records, "shards": shards, "skipped": skipped,
+                "source": {"uri": uri, "bytes": raw.bytes_read, "sha256": raw.sha256.hexdigest()}}
+    except UserError as e:
+        return {"ok": False, "index": file_index, "error": str(e)}
+    except gzip_errors() as e:
+        return {"ok": False, "index": file_index,
+                "error": f"{uri}: truncated or corrupt gzip ({e}); re-download or re-compress the file"}
+    except Exception as e:  # storage failures mid-read
+        return {"ok": False, "index": file_index, "error": storage.describe_error(e, uri)}
+    finally:
+        writer.cleanup()
+
+
+# ---- the validation split -----------------------------------------------------------------------
+def validation_blocks(lengths: np.ndarray, val_fraction: float, seed: int) -> list[tuple[int, int, int]]:
+    """Contiguous held-out blocks ``(record, start, end)``, about ``val_fraction`` of all bases.
+
+    The genome (records end to end) is cut into equal strata and one block is placed at a seeded
+    position in each, so blocks spread across records and along each one. Windows are later cut
+    inside either a training or a validation interval, never across, so no validation window can
+    overlap a training window whatever the window size.
+    """
+    total = int(lengths.sum())
+    if val_fraction <= 0 or total == 0:
+        return []
+    target = max(1, round(total * val_fraction))
+    block = int(np.clip(target // 16, 4096, 1_000_000))
+    n_blocks = max(1, round(target / block))
+    rng = np.random.default_rng([seed, 0x5A11])
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    stratum = total / n_blocks
+    chosen: list[tuple[int, int, int]] = []
+    for i in range(n_blocks):
+        p = int(i * stratum + rng.random() * stratum)
+        r = int(np.searchsorted(offsets, p, side="right") - 1)
+        length = int(lengths[r])
+        size = min(block, length)
+        start = int(np.clip(p - offsets[r] - size // 2, 0, length - size))
+        chosen.append((r, start, start + size))
+    chosen.sort()
+    merged: list[tuple[int, int, int]] = []
+    for r, s, e in chosen:
+        if merged and merged[-1][0] == r and s <= merged[-1][2]:
+            merged[-1] = (r, merged[-1][1], max(e, merged[-1][2]))
+        else:
+            merged.append((r, s, e))
+    return merged
+
+
+# ---- the driver ---------------------------------------------------------------------------------
+def _progress_actor():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Progress:
+        def __init__(self) -> None:
+            self.bases = 0
+
+        def add(self, n: int) -> None:
+            self.bases += n
+
+        def get(self) -> int:
+            return self.bases
+
+    return Progress.remote()
+
+
+def read_manifest(prepared: str, storage_options: dict | None = None) -> dict[str, Any]:
+    uri = storage.join(prepared, MANIFEST)
+    if not storage.exists(uri, storage_options):
+        raise UserError(f"{prepared}: no {MANIFEST}; run 'randommask data prepare SRC --out {prepared}' first")
+    manifest = json.loads(storage.read_bytes(uri, storage_options))
+    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
+        raise UserError(f"{uri}: not a randommask {FORMAT} v{FORMAT_VERSION} manifest; re-run data prepare")
+    return manifest
+
+
+def prepare(sources: list[str], out: str, val_fraction: float = 0.01, seed: int = 0, min_length: int = 1,
+            storage_options: dict | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
+            show_progress: bool = True) -> dict[str, Any]:
+    """Prepare FASTA ``sources`` into shards and a manifest at ``out``; returns the manifest."""
+    import ray
+
+    from randommask.ray_runtime import ensure_ray
+
+    if not sources:
+        raise UserError("no sources given; pass FASTA files, directories or globs")
+    if not 0 <= val_fraction < 0.5:
+        raise UserError(f"--val-fraction must be in [0, 0.5), got {val_fraction}")
+    if min_length < 1:
+        raise UserError(f"--min-length must be >= 1, got {min_length}")
+    inputs = expand_sources(sources, storage_options)
+    # Check the destination before any work: a bad endpoint or key fails here, in one line.
+    old_run = None
+    if storage.exists(storage.join(out, MANIFEST), storage_options):
+        old_run = read_manifest(out, storage_options).get("run")
+    identity = json.dumps({"inputs": inputs, "min_length": min_length, "version": FORMAT_VERSION}, sort_keys=True)
+    run = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    run_uri = storage.join(out, "shards", run)
+
+    ensure_ray()
+    task = ray.remote(num_cpus=1, max_retries=2)(prepare_file)
+    progress = _progress_actor()
+    total_bytes = sum(i["size"] for i in inputs)
+    refs = [task.remote(i, src["uri"], run_uri, storage_options, min_length, shard_bytes, progress)
+            for i, src in enumerate(inputs)]
+    results = _wait_with_progress(refs, progress, total_bytes, show_progress)
+
+    def fail(message: str) -> None:
+        if run != old_run:  # never delete what the current manifest points to
+            storage.remove(run_uri, storage_options, recursive=True)
+        raise UserError(message)
+
+    errors = sorted((r for r in results if not r["ok"]), key=lambda r: r["index"])
+    if errors:
+        fail(errors[0]["error"] + (f" (and {len(errors) - 1} more file(s) failed)" if len(errors) > 1 else ""))
+    results.sort(key=lambda r: r["index"])
+    seen: dict[str, str] = {}
+    for r in results:
+        for rec in r["records"]:
+            if rec["name"] in seen:
+                fail(f"{r['source']['uri']}: record {rec['name']!r} is also in {seen[rec['name']]}; "
+                     "record names must be unique across inputs")
+            seen[rec["name"]] = r["source"]["uri"]
+    records = [(r, rec) for r in results for rec in r["records"]]
+    if not records:
+        fail(f"no record of at least {min_length} bp in the sources")
+
+    manifest = _build_manifest(inputs, results, records, run, val_fraction, seed, min_length, out, storage_options)
+    storage.write_bytes(storage.join(out, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode(), storage_options)
+    if old_run and old_run != run:
+        storage.remove(storage.join(out, "shards", old_run), storage_options, recursive=True)
+    return manifest
+
+
+def _build_manifest(inputs, results, records, run, val_fraction, seed, min_length, out, storage_options):
+    lengths = np.array([rec["length"] for _, rec in records], dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    nruns = [rec["nruns"] + offsets[i] for i, (_, rec) in enumerate(records)]
+    nruns_arr = np.concatenate(nruns) if nruns else np.zeros((0, 2), dtype=np.int64)
+    buf = io.BytesIO()
+    np.save(buf, nruns_arr.astype(np.int64))
+    storage.write_bytes(storage.join(out, "shards", run, "nruns.npy"), buf.getvalue(), storage_options)
+    val = validation_blocks(lengths, val_fraction, seed)
+    val_bases = sum(e - s for _, s, e in val)
+    n_total = int(sum(rec["n_bases"] for _, rec in records))
+    soft_total = int(sum(rec["soft_bases"] for _, rec in records))
+    source_of = {r["index"]: r["source"] for r in results}
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "run": run,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "options": {"val_fraction": val_fraction, "seed": seed, "min_length": min_length},
+        "encoding": "1 byte per base: bits 0-2 code (A=0 T=1 C=2 G=3 other=4), bit 3 lowercase",
+        "sources": [{"uri": source_of[r["index"]]["uri"], "bytes": source_of[r["index"]]["bytes"],
+                     "sha256": source_of[r["index"]]["sha256"], "records": len(r["records"]),
+                     "skipped_records": r["skipped"]} for r in results],
+        "shards": [{"path": f"shards/{run}/{s['name']}", "bytes": s["bytes"], "sha256": s["sha256"]}
+                   for r in results for s in r["shards"]],
+        "nruns": f"shards/{run}/nruns.npy",
+        "records": [{"name": rec["name"], "source": r["index"], "length": rec["length"],
+                     "n_fraction": round(rec["n_bases"] / rec["length"], 6),
+                     "soft_fraction": round(rec["soft_bases"] / rec["length"], 6),
+                     "shard": f"shards/{run}/{rec['shard']}", "offset": rec["offset"],
+                     "global_offset": int(offsets[i])} for i, (r, rec) in enumerate(records)],
+        "validation": [{"record": r, "start": s, "end": e} for r, s, e in val],
+        "totals": {"files": len(results), "records": len(records), "bases": int(lengths.sum()),
+                   "n_bases": n_total, "soft_bases": soft_total,
+                   "skipped_records": sum(r["skipped"] for r in results),
+                   "validation_bases": int(val_bases), "train_bases": int(lengths.sum() - val_bases),
+                   "validation_fraction": round(val_bases / max(1, int(lengths.sum())), 6)},
+    }
+
+
+def _wait_with_progress(refs, progress, total_bytes: int, show: bool) -> list[dict]:
+    import ray
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, unit="bp", unit_scale=True, desc="prepare", disable=not show, dynamic_ncols=True)
+    results, pending = [], list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            results += ray.get(done)
+            bases = ray.get(progress.get.remote())
+            bar.update(bases - bar.n)
+            bar.set_postfix_str(f"{len(results)}/{len(refs)} files")
+    finally:
+        bar.close()
+    return results
