@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(VENV)/bin/randommask bench mask
 	$(VENV)/bin/randommask bench mlm-step
 	$(VENV)/bin/randommask bench pipeline
+	$(VENV)/bin/randommask bench train-overhead
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info platform/*.egg-info

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run(*args, timeout=300):
@@ -24,11 +25,17 @@ def test_bench_tokenize_mask_and_mlm_step_print_json(ecoli):
     assert r["bench"] == "mlm-step" and r["loss_abs_diff"] < 1e-4 and r["ratio"] > 1
 
 
-def test_demo_trains_on_the_real_genome(ecoli):
-    out = run("demo", "--steps", "3", "--batch", "2", "--genome", str(ecoli))
-    assert out.returncode == 0, out.stderr
-    assert "ecoli_536.fna.gz: 4,938,920 bp" in out.stdout
-    assert "step   3/3" in out.stdout
+def test_demo_prepares_and_pretrains_on_the_real_genome(ecoli, tmp_path):
+    """The demo's path (make demo), shortened: prepare, pretrain, summary."""
+    tiny = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "pretrain-tiny.yaml"
+    out = subprocess.run([sys.executable, "-m", "randommask", "demo", "--genome", str(ecoli), "--config", str(tiny),
+                          "--set", "optim.max_steps=10", "--set", "masking.phase_ends=[2,4,6,8,10]"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "4,938,920 bp prepared into outputs/prepared/ecoli_536" in out.stdout
+    assert "done     10/10 steps" in out.stdout
+    final = next((tmp_path / "outputs" / "runs").glob("demo-*/final"))
+    assert (final / "model.safetensors").exists() and (final / "vocab.txt").exists()
 
 
 def test_missing_genome_is_one_clear_line(tmp_path):

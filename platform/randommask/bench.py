@@ -282,7 +282,73 @@ def bench_pipeline(genome: str | None = None, epochs: int = 3, batch: int = 256,
     }
 
 
-BENCHES = {"tokenize": bench_tokenize, "mask": bench_mask, "mlm-step": bench_mlm_step, "pipeline": bench_pipeline}
+# ---- train-overhead ----------------------------------------------------------------------------
+def _overhead_loop(config: dict) -> float:
+    """Steady-state tokens/s of the pretraining step (train.train_step) on in-memory batches. Runs in
+    this process, or inside a Ray Train worker when ``config["in_ray"]``."""
+    from randommask.config import OptimSection
+    from randommask.model import SparseMLM
+    from randommask.train import build_optimizer, train_step
+
+    torch.manual_seed(0)
+    batches = torch.from_numpy(config["batches"])
+    model = SparseMLM(build_mlm(config["preset"], 6))
+    if config["in_ray"]:
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model)
+        device = ray.train.torch.get_device()
+    else:
+        device = torch.device("cpu")
+    opt, sched = build_optimizer(model.module if hasattr(model, "module") else model,
+                                 OptimSection(max_steps=len(batches)))
+    masker = make_masker("randommask", 6, phase_ends=[10, 20, 30, 40, 50])
+    data = iter(batches)
+    warmup = config["warmup"]
+    for step in range(len(batches)):
+        if step == warmup:
+            t0 = time.perf_counter()
+        train_step(model, opt, sched, masker, data, step, seed=0, rank=0, world=1, device=device)
+    return {"tokens_per_s": (len(batches) - warmup) * batches[0].numel() / (time.perf_counter() - t0),
+            "torch_threads": torch.get_num_threads()}
+
+
+def bench_train_overhead(genome: str | None = None, preset: str = "tiny", batch: int = 32, window_bp: int = 128,
+                         steps: int = 40, warmup: int = 5, k: int = 6, seed: int = 0) -> dict:
+    """The same training step and data, in a plain process and in a Ray Train worker."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from randommask.ray_runtime import ensure_ray
+
+    codes = cut_windows(genome_codes(resolve_genome(genome)), window_bp, batch * (steps + warmup), seed)
+    batches = KmerTokenizer(k).encode_windows(codes).reshape(steps + warmup, batch, -1)
+    config = {"batches": batches, "preset": preset, "warmup": warmup, "in_ray": False}
+    plain = _overhead_loop(config)
+    ensure_ray()
+    # The worker gets every CPU of the machine, as the plain process has (Ray sets the worker's
+    # torch threads from its CPU reservation).
+    cpus = ray.cluster_resources().get("CPU", 1)
+    result = TorchTrainer(
+        lambda cfg: _overhead_loop(cfg), train_loop_config={**config, "in_ray": True},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": cpus}),
+        run_config=ray.train.RunConfig(name=f"bench-overhead-{int(time.time())}",
+                                       storage_path=tempfile.mkdtemp(prefix="randommask-bench-")),
+    ).fit()
+    in_ray = result.return_value
+    ratio = in_ray["tokens_per_s"] / plain["tokens_per_s"]
+    return {
+        "bench": "train-overhead", "preset": preset, "batch": batch, "seq_len": int(batches.shape[-1]),
+        "timed_steps": steps, "plain_tokens_per_s": round(plain["tokens_per_s"]),
+        "ray_train_tokens_per_s": round(in_ray["tokens_per_s"]), "ratio": round(ratio, 3),
+        "ray_overhead": round(1 - ratio, 3),
+        "torch_threads": {"plain": plain["torch_threads"], "ray_worker": in_ray["torch_threads"]},
+        "baseline": "the same train_step in a plain process",
+    }
+
+
+BENCHES = {"tokenize": bench_tokenize, "mask": bench_mask, "mlm-step": bench_mlm_step, "pipeline": bench_pipeline,
+           "train-overhead": bench_train_overhead}
 
 
 def print_result(result: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 from randommask.errors import UserError
@@ -31,7 +32,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--epochs", type=int, default=3)
     pl.add_argument("--batch", type=int, default=256)
     pl.add_argument("--window-bp", type=int, default=512)
-    for q in (t, m, s, pl):
+    to = bs.add_parser("train-overhead", help="the pretraining step in a Ray Train worker vs a plain process")
+    to.add_argument("--preset", default="tiny")
+    to.add_argument("--batch", type=int, default=32)
+    to.add_argument("--window-bp", type=int, default=128)
+    to.add_argument("--steps", type=int, default=40)
+    for q in (t, m, s, pl, to):
         q.add_argument("--genome", help="FASTA file (default: ../shared/data/genomes/ecoli_536.fna.gz)")
         q.add_argument("--k", type=int, default=6)
         q.add_argument("--seed", type=int, default=0)
@@ -45,6 +51,9 @@ def _run_bench(args: argparse.Namespace) -> None:
         result = bench.bench_tokenize(windows=args.windows, window_bp=args.window_bp, **common)
     elif args.bench == "mask":
         result = bench.bench_mask(batch=args.batch, seq_len=args.seq_len, step=args.step, **common)
+    elif args.bench == "train-overhead":
+        result = bench.bench_train_overhead(preset=args.preset, batch=args.batch, window_bp=args.window_bp,
+                                            steps=args.steps, **common)
     elif args.bench == "pipeline":
         result = bench.bench_pipeline(epochs=args.epochs, batch=args.batch, window_bp=args.window_bp, **common)
     else:
@@ -53,53 +62,73 @@ def _run_bench(args: argparse.Namespace) -> None:
     bench.print_result(result)
 
 
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_GENOME = REPO.parent / "shared" / "data" / "genomes" / "ecoli_536.fna.gz"
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="tokenize, mask and train a few steps on a real genome")
-    p.add_argument("--genome", help="FASTA file (default: ../shared/data/genomes/ecoli_536.fna.gz)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="prepare a genome and run a local RandomMask pretraining (make demo)")
+    p.add_argument("--genome", help=f"FASTA file or URL (default: {DEFAULT_GENOME})")
+    p.add_argument("--config", default=str(REPO / "jobs" / "configs" / "pretrain-small.yaml"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
 
 
 def _run_demo(args: argparse.Namespace) -> None:
-    import torch
+    from randommask import storage
+    from randommask.config import load_config
+    from randommask.genome import is_fasta_name
+    from randommask.prepare import prepare
 
-    from randommask.bench import resolve_genome
-    from randommask.genome import cut_windows, genome_codes
-    from randommask.masking import make_masker
-    from randommask.model import build_mlm, mlm_forward
-    from randommask.tokenizer import KmerTokenizer
+    genome = args.genome or str(DEFAULT_GENOME)
+    if storage.is_local(genome) and not Path(genome).is_file():
+        raise UserError(f"no genome at {genome}; run 'make demo GENOME=<FASTA path or URL>'")
+    if not is_fasta_name(genome):
+        raise UserError(f"{genome}: not a FASTA name (.fa .fasta .fna, optionally .gz)")
+    stem = Path(genome.rstrip("/")).name.split(".")[0]
+    prepared = str(Path("outputs") / "prepared" / stem)
+    name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = load_config(args.config, [f"data.prepared={prepared}", f"run.name={name}", *args.set])
+    print(f"demo     RandomMask pretraining of the {cfg.model.preset} model on {Path(genome).name}", flush=True)
+    m = prepare([genome], prepared, show_progress=False)
+    print(f"data     {m['totals']['bases']:,} bp prepared into {prepared} "
+          f"(validation {m['totals']['validation_fraction']:.1%})", flush=True)
+    _pretrain_and_report(cfg)
 
-    torch.manual_seed(args.seed)
-    path = resolve_genome(args.genome)
-    t0 = time.perf_counter()
-    codes = genome_codes(path)
-    tok = KmerTokenizer(6)
-    window_bp = 512 - 2 + tok.k - 1  # 512 tokens with [CLS] and [SEP]
-    print(f"genome   {path.name}: {len(codes):,} bp read in {time.perf_counter() - t0:.2f}s")
-    # A schedule short enough to cross every phase within the demo.
-    phase_ends = [max(1, args.steps // 5) * i for i in range(1, 6)]
-    masker = make_masker("randommask", tok.k, phase_ends=phase_ends)
-    model = build_mlm("small", tok.k)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
-    print(f"model    small BERT, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-          f"vocab {tok.vocab_size} ({tok.k}-mers)")
-    print(f"masking  RandomMask, phase ends {phase_ends}")
-    gen = torch.Generator().manual_seed(args.seed)
-    for step in range(args.steps):
-        windows = cut_windows(codes, window_bp, args.batch, seed=args.seed * 100003 + step)
-        ids = torch.from_numpy(tok.encode_windows(windows)).long()
-        inputs, labels = masker(ids, step, gen)
-        t = time.perf_counter()
-        loss, correct, n = mlm_forward(model, inputs, labels, torch.ones_like(ids))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        lo, hi = masker.span_bounds(step)
-        print(f"step {step + 1:3d}/{args.steps}  loss {loss.item():.3f}  acc {float(correct) / max(1, float(n)):.3f}  "
-              f"span {lo}-{hi}  masked {float(n) / ids.numel():.1%}  "
-              f"{ids.numel() / (time.perf_counter() - t):,.0f} tok/s", flush=True)
-    print(f"done     {args.steps} steps of {args.batch}x{ids.shape[1]} tokens in {time.perf_counter() - t0:.1f}s")
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="RandomMask pretraining on Ray Train (resumes a run of the same name)")
+    p.add_argument("--config", required=True, help="YAML config (see jobs/configs/ and docs/pretraining.md)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, value in YAML: --set optim.lr=3e-4 --set masking.phase_ends=[10,20]")
+
+
+def _run_pretrain(args: argparse.Namespace) -> None:
+    from randommask.config import load_config
+
+    _pretrain_and_report(load_config(args.config, args.set))
+
+
+def _pretrain_and_report(cfg) -> None:
+    from randommask.train import pretrain
+
+    c = cfg
+    print(f"run      {c.run.name}: {c.masking.strategy} masking, {c.model.preset} model, {c.optim.max_steps} steps, "
+          f"{c.scaling.num_workers} worker(s) x {c.optim.batch_size} windows of {c.data.window_bp} bp -> "
+          f"{c.run.storage_path}", flush=True)
+    s = pretrain(cfg)
+    minutes, seconds = divmod(int(s["seconds"]), 60)
+    print(f"done     {s['step']}/{s['max_steps']} steps, {s['tokens']:,} tokens in {minutes}m{seconds:02d}s")
+    if s["train_loss"] is not None:
+        ev = ""
+        if s["eval_span_k_loss"] is not None:
+            ev = f" | eval span-k {s['eval_span_k_loss']:.3f} | eval span-2k {s['eval_span_2k_loss']:.3f}"
+        print(f"loss     train {s['train_loss']:.3f}{ev}")
+    if s["final"]:
+        print(f"model    {s['final']}  (AutoModelForMaskedLM / AutoTokenizer .from_pretrained)")
+    else:
+        print(f"stopped  at step {s['step']}; run the same command again to resume")
+    print(f"metrics  {s['metrics']}")
+    print(f"plot     {s['plot']}")
 
 
 def add_storage_options(p: argparse.ArgumentParser) -> None:
@@ -149,11 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_data(sub)
+    _add_pretrain(sub)
     _add_bench(sub)
     return parser
 
 
-COMMANDS = {"demo": _run_demo, "data": _run_data, "bench": _run_bench}
+COMMANDS = {"demo": _run_demo, "data": _run_data, "pretrain": _run_pretrain, "bench": _run_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,6 +193,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"randommask: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - the training's own failure, already one line
+        if type(e).__name__ != "TrainingFailed":
+            raise
+        print(f"randommask: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("randommask: interrupted", file=sys.stderr)
         return 130

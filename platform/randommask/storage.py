@@ -7,13 +7,13 @@ reads public buckets. Nothing here logs a credential.
 
 from __future__ import annotations
 
-import functools
 import os
 import posixpath
 import tempfile
 from typing import Any
 
 import fsspec
+import s3fs
 
 from randommask.errors import UserError
 
@@ -28,22 +28,17 @@ _S3_CONFIG = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def _markerless_s3():
-    """One class for the process, so fsspec's instance cache reuses clients and connections."""
-    import s3fs
+class MarkerlessS3FileSystem(s3fs.S3FileSystem):
+    """Object stores have no directories, and some S3 servers (rclone) reject directory markers:
+    creating a "directory" is a no-op and only objects are ever written. A module-level class, so
+    that it pickles by reference (Ray ships it to the Train controller) and fsspec's instance cache
+    reuses clients and connections."""
 
-    class MarkerlessS3FileSystem(s3fs.S3FileSystem):
-        """Object stores have no directories; some S3 servers (rclone) reject directory markers,
-        so creating a "directory" is a no-op and only objects are ever written."""
+    async def _mkdir(self, path, create_parents=True, **kwargs):
+        return None
 
-        async def _mkdir(self, path, create_parents=True, **kwargs):
-            return None
-
-        async def _makedirs(self, path, exist_ok=False):
-            return None
-
-    return MarkerlessS3FileSystem
+    async def _makedirs(self, path, exist_ok=False):
+        return None
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -69,7 +64,7 @@ def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
         if endpoint:
             client_kwargs["endpoint_url"] = endpoint
         config_kwargs = {**_S3_CONFIG, **opts.pop("config_kwargs", {})}
-        fs = _markerless_s3()(client_kwargs=client_kwargs, config_kwargs=config_kwargs, **opts)
+        fs = MarkerlessS3FileSystem(client_kwargs=client_kwargs, config_kwargs=config_kwargs, **opts)
         return fs, path
     if scheme == "file":
         return fsspec.filesystem("file"), path

@@ -1,0 +1,206 @@
+"""The pretraining config: one YAML file, validated before Ray starts, overridable with ``--set``.
+
+Each component has its own section (data, masking, model, optim, scaling, run, observability).
+Unknown keys are errors, so a typo cannot silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from randommask.errors import UserError
+from randommask.masking import PAPER_PHASE_ENDS, make_masker
+from randommask.model import PRESETS, build_config
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSection(_Section):
+    prepared: str = Field(description="prepared dataset (randommask data prepare --out): local path or s3://")
+    window_bp: int = Field(512 - 2 + 6 - 1, ge=8, description="bases per window; 515 gives 512 tokens for k=6")
+    k: int = Field(6, ge=1, le=8)
+    stride: int = Field(1, ge=1)
+    rc_prob: float = Field(0.5, ge=0, le=1)
+    max_n_fraction: float = Field(0.1, ge=0, le=1)
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="endpoint_url, anon; never keys")
+
+
+class MaskingSection(_Section):
+    strategy: Literal["bert", "span", "randommask"] = "randommask"
+    phase_ends: Optional[list[int]] = None
+    centre_prob: Optional[float] = None
+    start_span: Optional[int] = None
+    span_step: Optional[int] = None
+    sampling: Optional[Literal["uniform", "boundary"]] = None
+    keep_ratio: Optional[bool] = None
+    mask_prob: Optional[float] = None
+    span: Optional[int] = None
+    mask_token_prob: Optional[float] = None
+    random_token_prob: Optional[float] = None
+
+    def params(self) -> dict[str, Any]:
+        """The masker parameters that are set (the rest take make_masker's defaults)."""
+        return {k: v for k, v in self.model_dump(exclude={"strategy"}).items() if v is not None}
+
+
+class ModelSection(_Section):
+    preset: str = "small"
+    overrides: dict[str, Any] = Field(default_factory=dict, description="BertConfig fields")
+    init_from: Optional[str] = Field(None, description="a Hugging Face directory (e.g. a DNABERT checkpoint)")
+
+    @field_validator("preset")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; choose one of {', '.join(PRESETS)}")
+        return v
+
+
+class OptimSection(_Section):
+    lr: float = Field(4e-4, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    decay: Literal["linear", "cosine", "constant"] = "linear"
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    batch_size: int = Field(32, ge=1, description="windows per worker per micro-step")
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int = Field(1000, ge=1)
+
+
+class ScalingSection(_Section):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0)
+    compile: bool = Field(False, description="torch.compile the model (CUDA)")
+
+
+class RunSection(_Section):
+    name: str = Field("pretrain", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    storage_path: str = "outputs/runs"
+    checkpoint_every: int = Field(200, ge=1)
+    eval_every: int = Field(200, ge=1)
+    eval_windows: int = Field(256, ge=1, description="fixed validation windows per evaluation")
+    log_every: int = Field(10, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(0, ge=-1, description="worker failures survived (-1: unlimited)")
+    seed: int = 0
+    stop_after: Optional[int] = Field(None, ge=1, description="checkpoint and stop at this step; resume later")
+
+
+class ObservabilitySection(_Section):
+    ray_metrics: bool = Field(True, description="export randommask_* through Ray's metrics endpoint")
+    prometheus_port: Optional[int] = Field(None, ge=0, le=65535,
+                                           description="also serve /metrics with prometheus_client (rank 0)")
+    prometheus_host: str = "127.0.0.1"
+    progress: bool = True
+
+
+class PretrainConfig(_Section):
+    data: DataSection
+    masking: MaskingSection = Field(default_factory=MaskingSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    run: RunSection = Field(default_factory=RunSection)
+    observability: ObservabilitySection = Field(default_factory=ObservabilitySection)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PretrainConfig":
+        try:
+            make_masker(self.masking.strategy, self.data.k, **self.masking.params())
+        except UserError as e:
+            raise ValueError(f"masking: {e}") from None
+        if self.model.init_from is None:
+            try:
+                build_config(self.model.preset, self.data.k, **self.model.overrides)
+            except UserError as e:
+                raise ValueError(f"model: {e}") from None
+        tokens = (self.data.window_bp - self.data.k) // self.data.stride + 3
+        positions = int(self.model.overrides.get("max_position_embeddings", 512))
+        if tokens > positions:
+            raise ValueError(f"data: a {self.data.window_bp}-bp window gives {tokens} tokens, more than the model's "
+                             f"{positions} positions; lower data.window_bp")
+        for key in ("key", "secret", "token"):
+            if key in self.data.storage_options:
+                raise ValueError(f"data.storage_options.{key}: credentials never go in a config; "
+                                 "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+        return self
+
+    def masker(self):
+        return make_masker(self.masking.strategy, self.data.k, **self.masking.params())
+
+
+def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        if not isinstance(node.setdefault(key, {}), dict):
+            raise UserError(f"{source}: --set {dotted}: {key} is not a section")
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """``a.b=c`` overrides; values are YAML (``masking.phase_ends=[10,20,30]``, ``run.seed=3``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set optim.lr=3e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
+        _set_path(tree, key.strip(), value, "--set")
+    return tree
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"] if x != "__root__")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against docs/pretraining.md)"
+        elif e["type"] == "missing":
+            msg = "required"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def validate_config(tree: dict, source: str) -> PretrainConfig:
+    try:
+        return PretrainConfig.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, source)) from None
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PretrainConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config {p} not found; the shipped ones are in jobs/configs/")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config {p}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"config {p}: expected a mapping of sections (data, masking, model, ...)")
+    return validate_config(apply_overrides(tree, overrides or []), str(p))
+
+
+def dump_config(cfg: PretrainConfig) -> str:
+    """YAML of the full config (defaults included); it holds no credentials by construction."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+__all__ = ["PretrainConfig", "load_config", "validate_config", "apply_overrides", "dump_config", "PAPER_PHASE_ENDS"]

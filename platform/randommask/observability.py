@@ -1,0 +1,60 @@
+"""Training metrics for Prometheus: through Ray's metrics endpoint on a cluster (``ray.util.metrics``,
+scraped by KubeRay's PodMonitor; Ray prefixes the names with ``ray_``), and through
+``prometheus_client`` on a port of your choosing for runs outside a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# metrics.jsonl key -> (metric name, description)
+GAUGES = {
+    "step": ("randommask_step", "optimizer steps done"),
+    "loss": ("randommask_loss", "training MLM loss"),
+    "acc": ("randommask_masked_accuracy", "training accuracy on masked tokens"),
+    "tokens_per_s": ("randommask_tokens_per_second", "training tokens per second, all workers"),
+    "span_min": ("randommask_span_min", "shortest masked span (tokens)"),
+    "span_max": ("randommask_span_boundary", "current RandomMask span boundary (tokens)"),
+    "lr": ("randommask_lr", "learning rate"),
+    "masked_fraction": ("randommask_masked_fraction", "fraction of tokens selected for the loss"),
+    "data_wait": ("randommask_data_wait_fraction", "fraction of step time spent waiting for data"),
+    "eval_span_k_loss": ("randommask_eval_span_k_loss", "validation loss, fixed span-k masking"),
+    "eval_span_2k_loss": ("randommask_eval_span_2k_loss", "validation loss, fixed span-2k masking"),
+    "eval_span_k_acc": ("randommask_eval_span_k_accuracy", "validation masked accuracy, span-k masking"),
+    "eval_span_2k_acc": ("randommask_eval_span_2k_accuracy", "validation masked accuracy, span-2k masking"),
+}
+
+
+class TrainMetrics:
+    """Sets one gauge per metric from each metrics.jsonl line (rank 0 only)."""
+
+    def __init__(self, run: str, ray_metrics: bool = True, prometheus_port: int | None = None,
+                 prometheus_host: str = "127.0.0.1") -> None:
+        self.run = run
+        self.ray_gauges: dict[str, Any] = {}
+        self.prom_gauges: dict[str, Any] = {}
+        if ray_metrics:
+            from ray.util.metrics import Gauge
+
+            for key, (name, desc) in GAUGES.items():
+                self.ray_gauges[key] = Gauge(name, description=desc, tag_keys=("run",))
+        if prometheus_port is not None:
+            import prometheus_client as pc
+
+            registry = pc.CollectorRegistry()
+            for key, (name, desc) in GAUGES.items():
+                self.prom_gauges[key] = pc.Gauge(name, desc, ["run"], registry=registry)
+            self.server, _ = pc.start_http_server(prometheus_port, addr=prometheus_host, registry=registry)
+
+    def update(self, line: dict[str, Any]) -> None:
+        for key, value in line.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if key in self.ray_gauges:
+                self.ray_gauges[key].set(float(value), tags={"run": self.run})
+            if key in self.prom_gauges:
+                self.prom_gauges[key].labels(run=self.run).set(float(value))
+
+    def close(self) -> None:
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.shutdown()

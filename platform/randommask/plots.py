@@ -1,0 +1,49 @@
+"""Training curves: train loss and both fixed-mask validation losses, with the span boundary."""
+
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on workers or CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _series(lines: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(ln["step"], ln[key]) for ln in lines if ln.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def loss_curves_png(runs: dict[str, Sequence[dict]], title: str = "") -> bytes:
+    """PNG bytes: one panel of losses per step (train solid, eval dashed/dotted), boundary on a
+    second axis. ``runs`` maps a label to that run's metrics.jsonl lines."""
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    span_ax = ax.twinx()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, lines) in enumerate(runs.items()):
+        c = colours[i % len(colours)]
+        prefix = f"{label}: " if len(runs) > 1 else ""
+        ax.plot(*_series(lines, "loss"), color=c, lw=1.2, label=f"{prefix}train")
+        for key, style, name in (("eval_span_k_loss", "--", "eval span k"), ("eval_span_2k_loss", ":", "eval span 2k")):
+            xs, ys = _series(lines, key)
+            if xs:
+                ax.plot(xs, ys, style, color=c, lw=1.6, marker="o", ms=3, label=f"{prefix}{name}")
+        xs, ys = _series(lines, "span_max")
+        if xs:
+            span_ax.step(xs, ys, where="pre", color=c, alpha=0.35, lw=2, label=f"{prefix}span boundary")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("MLM loss (nats)")
+    span_ax.set_ylabel("span boundary (tokens)")
+    ax.grid(alpha=0.3)
+    handles = ax.get_legend_handles_labels()
+    span_handles = span_ax.get_legend_handles_labels()
+    ax.legend(handles[0] + span_handles[0], handles[1] + span_handles[1], fontsize=8, loc="upper right")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
