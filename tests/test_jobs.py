@@ -76,6 +76,10 @@ def ray_head(tmp_path, s3):
             proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        # `ray start` records its address for later "auto" lookups; a stopped head must not stay there.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.exists() and current.read_text().strip().endswith(f":{ports['gcs']}"):
+            current.unlink()
 
 
 def test_job_submit_pretrains_from_s3_with_metrics_and_token_auth(ray_head, s3, ray_local, ecoli, tmp_path):

@@ -173,17 +173,81 @@ def _run_data(args: argparse.Namespace) -> None:
     print(f"manifest {args.out.rstrip('/')}/manifest.json")
 
 
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint on GUE datasets, one Ray Tune trial per (dataset, seed)")
+    p.add_argument("--checkpoint", required=True, help="a run's final/, a Ray checkpoint, a run directory, or any "
+                   "DNABERT-compatible Hugging Face directory (local or s3://)")
+    p.add_argument("--gue-dir", required=True, help="GUE root: <group>/<dataset>/{train,dev,test}.csv (local or s3://)")
+    p.add_argument("--tasks", default="all", help="'all' (missing datasets are listed and skipped) or "
+                   "comma-separated names or groups, e.g. prom/prom_core_all,tf")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--max-train", type=int, help="subsample training rows (the same rows for every seed)")
+    p.add_argument("--max-eval", type=int, help="subsample dev and test rows")
+    p.add_argument("--epochs", type=int, help="override the registry's epochs")
+    p.add_argument("--lr", type=float, help="override the registry's learning rate (3e-5)")
+    p.add_argument("--batch-size", type=int, help="override the registry's batch size (32)")
+    p.add_argument("--lora", action="store_true", help="LoRA (peft) instead of full fine-tuning")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="a fraction shares a GPU between trials")
+    p.add_argument("--baselines", help="CSV dataset,model,metric,value of published results to compare with")
+    p.add_argument("--out", required=True)
+    add_storage_options(p)
+
+
+def _run_finetune(args: argparse.Namespace) -> None:
+    from randommask.finetune import finetune
+
+    r = finetune(args.checkpoint, args.gue_dir, args.tasks, args.out, seeds=args.seeds, max_train=args.max_train,
+                 max_eval=args.max_eval, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, lora=args.lora,
+                 cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, baselines=args.baselines,
+                 storage_options=storage_options_from(args))
+    for row in r["datasets"]:
+        score = f"{row['score_mean']:.4f} ± {row['score_std']:.4f}" if "score_mean" in row else "failed"
+        rank = f"  rank {row['rank']}/{row['rank_of']}" if "rank" in row else ""
+        failed = f"  ({row['seeds_failed']} seed(s) failed)" if row["seeds_failed"] else ""
+        print(f"{row['dataset']:<24} {row['metric']:<8} {score}  n={row['seeds_ok']}{rank}{failed}")
+    if r["overall"] is not None:
+        print(f"overall                  {r['overall']:.4f}")
+    print(f"results  {args.out.rstrip('/')}/results.md (.csv, .json)")
+    if r["failed_trials"]:
+        raise UserError(f"{r['failed_trials']} trial(s) failed; see {args.out.rstrip('/')}/results.md")
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="Ray Tune over mask schedules and the pretraining config (resumes)")
+    p.add_argument("--config", required=True, help="sweep YAML (see jobs/configs/sweep-tiny.yaml, docs/sweeps.md)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep field")
+
+
+def _run_sweep(args: argparse.Namespace) -> None:
+    from randommask.tune import sweep
+
+    out = sweep(args.config, args.set)
+    for row in out["trials"]:
+        params = " ".join(f"{k}={v}" for k, v in row.items() if "." in k)
+        loss = f"{row['eval_span_k_loss']:.4f}" if row["eval_span_k_loss"] is not None else "-"
+        probe = f" probe {row['probe_score']:.4f}" if row.get("probe_score") is not None else ""
+        print(f"trial {row['trial']:<12} {row['status']:<8} steps {row['steps']:>6} eval span-k {loss}{probe}  {params}")
+    if out["best"] is not None:
+        print(f"best     {out['best']['trial']} -> {out['best_yaml']}")
+    print(f"trials   {out['trials_csv']}")
+    print(f"curves   {out['curves']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="randommask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_data(sub)
     _add_pretrain(sub)
+    _add_finetune(sub)
+    _add_sweep(sub)
     _add_bench(sub)
     return parser
 
 
-COMMANDS = {"demo": _run_demo, "data": _run_data, "pretrain": _run_pretrain, "bench": _run_bench}
+COMMANDS = {"demo": _run_demo, "data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune, "sweep": _run_sweep,
+            "bench": _run_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,3 +47,22 @@ def loss_curves_png(runs: dict[str, Sequence[dict]], title: str = "") -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def eval_curves_png(runs: dict[str, Sequence[dict]], title: str = "", key: str = "eval_span_k_loss") -> bytes:
+    """PNG bytes: one validation curve per run (sweep trials), on the same fixed-mask task."""
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    for label, lines in runs.items():
+        xs, ys = _series(lines, key)
+        ax.plot(xs, ys, marker="o", ms=3, lw=1.4, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(key.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -117,8 +117,9 @@ def _ray_storage(cfg: PretrainConfig):
     return path.rstrip("/"), PyFileSystem(FSSpecHandler(fs))
 
 
-def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
-    """Run (or resume, when the run's name already has checkpoints) a pretraining; returns a summary."""
+def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, Any]:
+    """Run (or resume, when the run's name already has checkpoints) a pretraining; returns a summary.
+    ``callbacks`` are Ray Train ``UserCallback``s (a sweep passes Tune's report callback)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -141,7 +142,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures), callbacks=callbacks or [],
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
     )
     t0 = time.time()
@@ -496,6 +497,8 @@ class Worker:
                 self.save_checkpoint(line)
             elif eval_now:
                 ray.train.report(line)  # intermediate metrics for Tune / the controller
+                if self.rank == 0:  # a run stopped from outside (e.g. by ASHA) keeps its curve
+                    write_jsonl(storage.join(self.base, "metrics.jsonl"), self.history)
         if self.rank == 0 and self.step >= max_steps:
             self._write_final()
         if self.metrics is not None:

@@ -1,0 +1,135 @@
+"""The GUE benchmark (Genome Understanding Evaluation, DNABERT-2): its 28 datasets, how each is scored,
+default fine-tuning settings for 6-mer overlapping models, and validated CSV loading.
+
+Datasets are named by their path in GUE's layout, ``GUE/<group>/<dataset>/{train,dev,test}.csv``
+with a ``sequence,label`` header.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from randommask import storage
+from randommask.errors import UserError
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class GueDataset:
+    name: str  # e.g. "prom/prom_core_all"
+    task: str  # one of GUE's 7 tasks
+    classes: int
+    length_bp: int  # typical sequence length
+    metric: str  # headline metric: "mcc" or "f1_macro"
+    epochs: int
+    lr: float = 3e-5
+    batch_size: int = 32
+    warmup_steps: int = 50
+
+    @property
+    def max_tokens(self) -> int:
+        """6-mer tokens for the full sequence plus [CLS]/[SEP], capped at 512 positions."""
+        return min(self.length_bp - 6 + 3, 512)
+
+
+def _make() -> dict[str, GueDataset]:
+    # Settings follow DNABERT-2's fine-tuning scripts for k-mer models (lr 3e-5, batch 32, warmup 50);
+    # epochs per task as in those scripts.
+    entries = []
+    for mark in ("H3", "H3K14ac", "H3K36me3", "H3K4me1", "H3K4me2", "H3K4me3", "H3K79me3", "H3K9ac", "H4", "H4ac"):
+        entries.append(GueDataset(f"EMP/{mark}", "Epigenetic marks prediction", 2, 500, "mcc", epochs=3))
+    for i in range(5):
+        entries.append(GueDataset(f"tf/{i}", "Transcription factor prediction (human)", 2, 101, "mcc", epochs=3))
+    for i in range(5):
+        entries.append(GueDataset(f"mouse/{i}", "Transcription factor prediction (mouse)", 2, 101, "mcc", epochs=5))
+    for kind in ("all", "notata", "tata"):
+        entries.append(GueDataset(f"prom/prom_300_{kind}", "Promoter detection", 2, 300, "mcc", epochs=4))
+    for kind in ("all", "notata", "tata"):
+        entries.append(GueDataset(f"prom/prom_core_{kind}", "Core promoter detection", 2, 70, "mcc", epochs=4))
+    entries.append(GueDataset("splice/reconstructed", "Splice site prediction", 3, 400, "mcc", epochs=5))
+    # DNABERT-2 reports macro F1 as covid's headline; 1000 bp is cut to 512 tokens.
+    entries.append(GueDataset("virus/covid", "Covid variant classification", 9, 1000, "f1_macro", epochs=8))
+    return {e.name: e for e in entries}
+
+
+REGISTRY: dict[str, GueDataset] = _make()
+TASKS = tuple(dict.fromkeys(d.task for d in REGISTRY.values()))
+
+
+def resolve_names(tasks: str) -> tuple[list[str], bool]:
+    """``"all"`` or comma-separated names/groups (``prom/prom_core_all,tf``) -> (names, all_mode)."""
+    if tasks.strip() == "all":
+        return list(REGISTRY), True
+    names = []
+    for item in (t.strip().strip("/") for t in tasks.split(",") if t.strip()):
+        if item in REGISTRY:
+            names.append(item)
+        elif any(n.startswith(item + "/") for n in REGISTRY):
+            names += [n for n in REGISTRY if n.startswith(item + "/")]
+        else:
+            raise UserError(f"unknown GUE dataset {item!r}; names look like prom/prom_core_all, tf/0, EMP/H3 "
+                            "(or a group: EMP, tf, mouse, prom, splice, virus)")
+    if not names:
+        raise UserError("no GUE dataset named; pass --tasks all or a comma-separated list")
+    return list(dict.fromkeys(names)), False
+
+
+def available(gue_dir: str, names: list[str], storage_options: dict | None = None) -> tuple[list[str], list[str]]:
+    """(present, missing): a dataset is present when its three split files exist."""
+    present, missing = [], []
+    for name in names:
+        ok = all(storage.exists(storage.join(gue_dir, name, f"{s}.csv"), storage_options) for s in SPLITS)
+        (present if ok else missing).append(name)
+    return present, missing
+
+
+_DNA = set("ACGTNacgtnRYKMSWBDHVrykmswbdhv")
+
+
+def read_split(gue_dir: str, name: str, split: str, storage_options: dict | None = None) -> tuple[list[str], np.ndarray]:
+    """Sequences and labels of one split, validated: header, labels in range, DNA sequences."""
+    ds = REGISTRY[name]
+    uri = storage.join(gue_dir, name, f"{split}.csv")
+    text = storage.read_bytes(uri, storage_options).decode("utf-8", errors="replace")
+    rows = csv.reader(io.StringIO(text))
+    header = next(rows, None)
+    if header is None:
+        raise UserError(f"{uri}: empty file; expected a 'sequence,label' header")
+    if [h.strip().lower() for h in header[:2]] != ["sequence", "label"]:
+        raise UserError(f"{uri}: line 1: expected the header 'sequence,label', got {','.join(header)[:60]!r}")
+    seqs, labels = [], []
+    for line_no, row in enumerate(rows, start=2):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) < 2:
+            raise UserError(f"{uri}: line {line_no}: missing label")
+        seq, label = row[0].strip(), row[1].strip()
+        if not seq:
+            raise UserError(f"{uri}: line {line_no}: empty sequence")
+        bad = set(seq) - _DNA
+        if bad:
+            raise UserError(f"{uri}: line {line_no}: non-DNA character {sorted(bad)[0]!r} in the sequence")
+        try:
+            value = int(label)
+        except ValueError:
+            raise UserError(f"{uri}: line {line_no}: label {label!r} is not an integer") from None
+        if not 0 <= value < ds.classes:
+            raise UserError(f"{uri}: line {line_no}: label {value} outside 0..{ds.classes - 1} for {name}")
+        seqs.append(seq)
+        labels.append(value)
+    if not seqs:
+        raise UserError(f"{uri}: no rows after the header")
+    return seqs, np.array(labels, dtype=np.int64)
+
+
+def subsample(seqs: list[str], labels: np.ndarray, n: int | None, seed: int) -> tuple[list[str], np.ndarray]:
+    """At most ``n`` rows, drawn without replacement by ``seed`` (the same rows for every model)."""
+    if n is None or n >= len(seqs):
+        return seqs, labels
+    idx = np.sort(np.random.default_rng([seed, 0x6E5]).choice(len(seqs), size=n, replace=False))
+    return [seqs[i] for i in idx], labels[idx]

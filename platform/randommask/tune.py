@@ -1,0 +1,287 @@
+"""``randommask sweep``: Ray Tune over the pretraining config (mask schedules, strategies, lr).
+
+Each trial is a pretraining run (TorchTrainer) that reports its fixed-mask validation metrics to
+Tune at every evaluation, so ASHA stops weak schedules early on the same evaluation task for every
+trial. Optionally each finished trial is judged downstream by a linear probe on GUE datasets: the
+validation loss alone rewards easy masks, which is the paper's point.
+
+Sweep directory ``<storage_path>/<name>/``: ``tune/`` (Tune's state, for resume), ``runs/`` (each
+trial's pretraining run), ``trials.csv``, ``best.yaml`` and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from randommask import storage
+from randommask.config import apply_overrides, dump_config, format_validation_error, validate_config
+from randommask.errors import UserError
+
+# Masker parameters that only some strategies take; a trial drops those its strategy does not.
+_STRATEGY_PARAMS = {
+    "bert": {"mask_prob", "mask_token_prob", "random_token_prob"},
+    "span": {"centre_prob", "span", "mask_token_prob", "random_token_prob"},
+    "randommask": {"centre_prob", "phase_ends", "start_span", "span_step", "sampling", "keep_ratio",
+                   "mask_token_prob", "random_token_prob"},
+}
+_DIMENSIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchSection(_Strict):
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    num_samples: int = Field(1, ge=1, description="grid: repeats of the grid; random/optuna: trials")
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _dims(self) -> "SearchSection":
+        for key, dim in self.space.items():
+            if len(dim) != 1 or next(iter(dim)) not in _DIMENSIONS:
+                raise ValueError(f"space.{key}: one of {', '.join(_DIMENSIONS)}, e.g. {{choice: [1, 2]}}")
+            kind, value = next(iter(dim.items()))
+            if kind in ("grid", "choice") and (not isinstance(value, list) or not value):
+                raise ValueError(f"space.{key}.{kind}: a non-empty list")
+            if kind in ("uniform", "loguniform", "randint") and (not isinstance(value, list) or len(value) != 2):
+                raise ValueError(f"space.{key}.{kind}: [low, high]")
+            if kind == "grid" and self.algorithm == "optuna":
+                raise ValueError(f"space.{key}: grid dimensions need search.algorithm grid or random")
+        return self
+
+
+class AshaSection(_Strict):
+    grace_period: int = Field(1, ge=1, description="steps before a trial can be stopped")
+    reduction_factor: float = Field(2, gt=1)
+    metric: str = "eval_span_k_loss"
+    mode: Literal["min", "max"] = "min"
+
+
+class ProbeSection(_Strict):
+    gue_dir: str
+    datasets: list[str]
+    max_train: int = Field(2000, ge=10)
+    max_eval: int = Field(1000, ge=10)
+
+
+class ObjectiveSection(_Strict):
+    metric: str = "eval_span_k_loss"
+    mode: Literal["min", "max"] = "min"
+    probe: Optional[ProbeSection] = None
+
+    @model_validator(mode="after")
+    def _probe(self) -> "ObjectiveSection":
+        if self.metric.startswith("probe_") and self.probe is None:
+            raise ValueError(f"metric {self.metric} needs a probe section (gue_dir, datasets)")
+        return self
+
+
+class SweepConfig(_Strict):
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    storage_path: str = "outputs/sweeps"
+    pretrain: str = Field(description="the base pretraining config, relative to this file")
+    set: list[str] = Field(default_factory=list, description="overrides for every trial, key=value")
+    search: SearchSection = Field(default_factory=SearchSection)
+    scheduler: Optional[dict[Literal["asha"], AshaSection]] = None
+    objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
+
+
+def load_sweep(path: str, overrides: list[str] | None = None) -> tuple[SweepConfig, dict]:
+    """The sweep config and the base pretraining config tree (both validated)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"sweep config {p} not found")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"sweep config {p}: not valid YAML: {' '.join(str(e).split())}") from None
+    tree = apply_overrides(tree, overrides or [])
+    try:
+        sweep = SweepConfig.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, str(p)).replace("invalid config", "invalid sweep config")) from None
+    base_path = (p.parent / sweep.pretrain) if not os.path.isabs(sweep.pretrain) else Path(sweep.pretrain)
+    if not base_path.is_file():
+        raise UserError(f"sweep config {p}: pretrain config {base_path} not found")
+    base = apply_overrides(yaml.safe_load(base_path.read_text()) or {}, list(sweep.set))
+    validate_config(copy.deepcopy(base), f"{base_path} (with the sweep's set)")
+    for key in sweep.search.space:
+        if key != "masking.phase_length" and key.split(".")[0] not in base and key.split(".")[0] not in (
+                "masking", "model", "optim", "data", "run", "scaling", "observability"):
+            raise UserError(f"sweep config {p}: space.{key}: not a pretraining config field")
+    return sweep, base
+
+
+def trial_config(base: dict, params: dict[str, Any], sweep: SweepConfig, trial_id: str, runs_uri: str,
+                 num_phases: int = 5):
+    """The pretraining config of one trial: base + sampled params, with ``masking.phase_length``
+    turned into ``phase_ends`` and masker parameters the chosen strategy does not take dropped."""
+    tree = copy.deepcopy(base)
+    for key, value in params.items():
+        if key == "masking.phase_length":
+            tree.setdefault("masking", {})["phase_ends"] = [int(value) * (i + 1) for i in range(num_phases)]
+        else:
+            apply_overrides(tree, [f"{key}={json.dumps(value)}"])
+    masking = tree.setdefault("masking", {})
+    allowed = _STRATEGY_PARAMS[masking.get("strategy", "randommask")]
+    for key in [k for k in masking if k != "strategy" and k not in allowed]:
+        masking.pop(key)
+    run = tree.setdefault("run", {})
+    run["name"], run["storage_path"] = f"{sweep.name}-{trial_id}", runs_uri
+    return validate_config(tree, f"sweep trial {trial_id}")
+
+
+def _param_space(search: SearchSection) -> dict[str, Any]:
+    from ray import tune
+
+    space = {}
+    for key, dim in search.space.items():
+        kind, value = next(iter(dim.items()))
+        space[key] = {"grid": lambda v: tune.grid_search(v), "choice": lambda v: tune.choice(v),
+                      "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
+                      "randint": lambda v: tune.randint(v[0], v[1] + 1)}[kind](value)
+    return space
+
+
+def _trial(config: dict) -> None:
+    """One Tune trial: a pretraining run whose evaluations reach Tune, then the optional probe."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from randommask.finetune import linear_probe
+    from randommask.train import pretrain
+
+    sweep = SweepConfig.model_validate(config["sweep"])
+    params = {k: v for k, v in config.items() if k not in ("sweep", "base", "runs_uri")}
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(config["base"], params, sweep, trial_id, config["runs_uri"])
+    summary = pretrain(cfg, callbacks=[TuneReportCallback()])
+    final = {"step": summary["step"], "trial_complete": True, "eval_span_k_loss": summary["eval_span_k_loss"],
+             "eval_span_2k_loss": summary["eval_span_2k_loss"], "train_loss": summary["train_loss"]}
+    probe = sweep.objective.probe
+    if probe is not None and summary["final"]:
+        final.update(linear_probe(summary["final"], probe.gue_dir, probe.datasets, probe.max_train, probe.max_eval))
+    tune.report(final)
+
+
+def sweep(path: str, overrides: list[str] | None = None, log=print) -> dict[str, Any]:
+    """Run (or resume) a sweep; returns the best trial and where the outputs are."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.optuna import OptunaSearch
+
+    from randommask.ray_runtime import ensure_ray
+
+    cfg, base = load_sweep(path, overrides)
+    root = storage.join(cfg.storage_path, cfg.name)
+    if storage.is_local(root):
+        root = os.path.abspath(root)
+        base = _absolute_data_paths(base)
+    runs_uri = storage.join(root, "runs")
+    ensure_ray()
+    # The probe metric exists only in each trial's final report; Tune must not demand it earlier.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    obj = cfg.objective
+    scheduler = None
+    if cfg.scheduler and "asha" in cfg.scheduler:
+        a = cfg.scheduler["asha"]
+        max_steps = int(base.get("optim", {}).get("max_steps", 1000))
+        # max_t one past the last step: ASHA stops a trial at max_t, and a finished trial must still
+        # report its final (probe) metrics itself.
+        scheduler = ASHAScheduler(time_attr="step", metric=a.metric, mode=a.mode, max_t=max_steps + 1,
+                                  grace_period=a.grace_period, reduction_factor=a.reduction_factor)
+    if cfg.search.algorithm == "optuna":
+        searcher, limit = OptunaSearch(metric=obj.metric, mode=obj.mode, seed=cfg.search.seed), cfg.search.max_concurrent
+    else:  # seeded sampling; it limits its own concurrency (Tune's limit applies to Searchers only)
+        searcher = BasicVariantGenerator(random_state=cfg.search.seed, max_concurrent=cfg.search.max_concurrent)
+        limit = None
+    trainable = tune.with_resources(_trial, {"cpu": 0.01})  # the Train workers reserve their own CPUs
+    tune_dir = storage.join(root, "tune")
+    experiment = storage.join(tune_dir, cfg.name)
+    if storage.is_local(experiment) and tune.Tuner.can_restore(experiment):
+        log(f"sweep    resuming {experiment}")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        space = {**_param_space(cfg.search), "sweep": cfg.model_dump(mode="json"), "base": base, "runs_uri": runs_uri}
+        tuner = tune.Tuner(
+            trainable, param_space=space,
+            # metric/mode live in the searcher and the scheduler (they may differ: probe vs eval loss);
+            # the best trial is picked in _write_outputs.
+            tune_config=tune.TuneConfig(num_samples=cfg.search.num_samples,
+                                        max_concurrent_trials=limit, scheduler=scheduler,
+                                        search_alg=searcher),
+            run_config=tune.RunConfig(name=cfg.name, storage_path=tune_dir, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+    results = tuner.fit()
+    return _write_outputs(cfg, base, results, root, runs_uri)
+
+
+def _absolute_data_paths(base: dict) -> dict:
+    """Trials run in other directories: a local prepared dataset is resolved from here."""
+    data = base.get("data", {})
+    if "prepared" in data and storage.is_local(data["prepared"]) and not os.path.isabs(data["prepared"]):
+        data["prepared"] = os.path.abspath(data["prepared"])
+    return base
+
+
+def _write_outputs(cfg: SweepConfig, base: dict, results, root: str, runs_uri: str) -> dict[str, Any]:
+    from randommask.plots import eval_curves_png
+    from randommask.train import read_jsonl
+
+    obj = cfg.objective
+    params_keys = list(cfg.search.space)
+    max_steps = int(base.get("optim", {}).get("max_steps", 1000))
+    rows, curves = [], {}
+    for r in results:
+        metrics = r.metrics or {}
+        trial_id = metrics.get("trial_id") or (Path(r.path).name if r.path else "?")
+        params = {k: r.config.get(k) for k in params_keys}
+        run_name = f"{cfg.name}-{trial_id}"
+        history = read_jsonl(storage.join(runs_uri, run_name, "metrics.jsonl"))
+        evals = [x for x in history if "eval_span_k_loss" in x]
+        rows.append({"trial": trial_id, "run": run_name, **params,
+                     "status": "error" if r.error else ("done" if metrics.get("trial_complete") or (
+                         history and history[-1]["step"] >= max_steps) else "stopped"),
+                     "steps": history[-1]["step"] if history else 0,
+                     "eval_span_k_loss": evals[-1]["eval_span_k_loss"] if evals else None,
+                     "eval_span_2k_loss": evals[-1]["eval_span_2k_loss"] if evals else None,
+                     **{k: v for k, v in metrics.items() if k.startswith("probe_")},
+                     "error": str(r.error).splitlines()[-1] if r.error else ""})
+        if evals:
+            curves[trial_id] = evals
+    scored = [x for x in rows if x.get(obj.metric) is not None and x["status"] == "done"]
+    best = (min if obj.mode == "min" else max)(scored, key=lambda x: x[obj.metric]) if scored else None
+    keys = list(dict.fromkeys(k for x in rows for k in x))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    storage.write_bytes(storage.join(root, "trials.csv"), buf.getvalue().encode())
+    out = {"trials": rows, "best": best, "trials_csv": storage.join(root, "trials.csv"),
+           "curves": storage.join(root, "curves.png"), "best_yaml": None}
+    if curves:
+        storage.write_bytes(out["curves"], eval_curves_png(curves, title=f"sweep {cfg.name}: fixed span-k validation loss"))
+    if best is not None:
+        params = {k: best[k] for k in params_keys}
+        best_cfg = trial_config(base, params, cfg, best["trial"], "outputs/runs")
+        best_cfg.run.name = f"{cfg.name}-best"
+        text = (f"# Best trial {best['trial']} of sweep {cfg.name} by {obj.metric} ({obj.mode}) = {best[obj.metric]}\n"
+                f"# randommask pretrain --config best.yaml\n" + dump_config(best_cfg))
+        out["best_yaml"] = storage.join(root, "best.yaml")
+        storage.write_bytes(out["best_yaml"], text.encode())
+    return out

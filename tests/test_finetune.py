@@ -1,0 +1,179 @@
+"""GUE registry, CSV validation, and fine-tuning end to end through Ray Tune on the real shared GUE data."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from randommask import KmerTokenizer, gue
+from randommask.errors import UserError
+from randommask.finetune import finetune, resolve_checkpoint, run_trial
+from randommask.model import build_mlm
+
+from conftest import SHARED
+
+GUE_DIR = SHARED / "data" / "gue"
+BASELINES = SHARED / "data" / "gue-published-baselines.csv"
+
+
+@pytest.fixture(scope="session")
+def gue_dir():
+    if not GUE_DIR.exists():
+        pytest.skip(f"real GUE data {GUE_DIR} is absent (it ships in ../shared beside the repository)")
+    return GUE_DIR
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny model directory as pretraining writes it (model + tokenizer files)."""
+    d = tmp_path_factory.mktemp("ckpt") / "final"
+    torch.manual_seed(0)
+    build_mlm("tiny").save_pretrained(d)
+    KmerTokenizer(6).save_pretrained(d)
+    return d
+
+
+def test_registry_has_the_28_gue_datasets():
+    assert len(gue.REGISTRY) == 28 and len(gue.TASKS) == 7
+    classes = {n: d.classes for n, d in gue.REGISTRY.items()}
+    assert sum(1 for n in classes if n.startswith("EMP/")) == 10
+    assert classes["splice/reconstructed"] == 3 and classes["virus/covid"] == 9
+    assert all(c == 2 for n, c in classes.items() if not n.startswith(("splice", "virus")))
+    assert gue.REGISTRY["virus/covid"].metric == "f1_macro"
+    assert all(d.metric == "mcc" for n, d in gue.REGISTRY.items() if n != "virus/covid")
+    assert gue.REGISTRY["prom/prom_core_all"].max_tokens == 67 and gue.REGISTRY["virus/covid"].max_tokens == 512
+    published = {line.split(",")[0] for line in BASELINES.read_text().splitlines()[1:]} if BASELINES.exists() else None
+    if published:
+        assert published == set(gue.REGISTRY)
+    assert gue.resolve_names("tf,prom/prom_core_all")[0] == ["tf/0", "tf/1", "tf/2", "tf/3", "tf/4", "prom/prom_core_all"]
+    with pytest.raises(UserError, match="unknown GUE dataset"):
+        gue.resolve_names("prom/prom_core_everything")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "empty file"),
+    ("seq,lab\nACGT,0\n", "line 1: expected the header 'sequence,label'"),
+    ("sequence,label\nACGT,0\nACGT,x\n", "line 3: label 'x' is not an integer"),
+    ("sequence,label\nACGT,0\nACGT,2\n", "line 3: label 2 outside 0..1"),
+    ("sequence,label\nACGT\n", "line 2: missing label"),
+    ("sequence,label\n,1\n", "line 2: empty sequence"),
+    ("sequence,label\nACGT,1\nMKVLE,0\n", "line 3: non-DNA character"),
+    ("sequence,label\n", "no rows after the header"),
+])
+def test_malformed_csv_names_file_and_line(tmp_path, content, message):
+    d = tmp_path / "prom" / "prom_core_tata"
+    d.mkdir(parents=True)
+    (d / "train.csv").write_text(content)
+    with pytest.raises(UserError) as err:
+        gue.read_split(str(tmp_path), "prom/prom_core_tata", "train")
+    assert message in str(err.value) and "train.csv" in str(err.value)
+
+
+def test_real_shared_csvs_validate(gue_dir):
+    seqs, labels = gue.read_split(str(gue_dir), "tf/0", "dev")
+    assert len(seqs) == 1000 and set(labels.tolist()) == {0, 1} and all(len(s) == 101 for s in seqs)
+
+
+def test_checkpoint_kinds_resolve(checkpoint, tmp_path):
+    assert resolve_checkpoint(str(checkpoint)) == str(checkpoint.resolve())
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run / "step_00000010" / "model")
+    assert resolve_checkpoint(str(run)).endswith("step_00000010/model")  # a run without final/: latest checkpoint
+    with pytest.raises(UserError, match="not a model directory"):
+        resolve_checkpoint(str(tmp_path))
+
+
+def test_dnabert_format_directory_fine_tunes(gue_dir, tmp_path):
+    """DNABERT's released checkpoints: config.json (BertForMaskedLM), weights and vocab.txt, no
+    tokenizer_config: k is inferred from the vocabulary, as DNABERT does."""
+    d = tmp_path / "dnabert6"
+    torch.manual_seed(1)
+    model = build_mlm("tiny")
+    model.save_pretrained(d)
+    (d / "vocab.txt").write_text("\n".join(KmerTokenizer(6).vocab) + "\n")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("kmer", None)
+    (d / "config.json").write_text(json.dumps(cfg))
+    ckpt = resolve_checkpoint(str(d))
+    result = run_trial({"dataset": "prom/prom_core_tata", "seed": 0, "checkpoint": ckpt, "gue_dir": str(gue_dir),
+                        "out": str(tmp_path / "out"), "max_train": 64, "max_eval": 64, "epochs": 1})
+    assert result["status"] == "ok" and result["n_train"] == 64 and -1 <= result["test"]["mcc"] <= 1
+    assert (tmp_path / "out" / "trials" / "prom_prom_core_tata__seed0.json").exists()
+
+
+def test_lora_trains_only_adapters_and_head(gue_dir, checkpoint, tmp_path):
+    result = run_trial({"dataset": "mouse/2", "seed": 0, "checkpoint": str(checkpoint), "gue_dir": str(gue_dir),
+                        "out": str(tmp_path), "max_train": 64, "max_eval": 64, "epochs": 1, "lora": True})
+    assert result["lora"] and result["status"] == "ok"
+
+
+@pytest.mark.ray
+def test_finetune_through_tune_two_at_once_with_results_and_resume(ray_local, gue_dir, checkpoint, tmp_path):
+    out = tmp_path / "ft"
+    logs = []
+    r = finetune(str(checkpoint), str(gue_dir), "prom/prom_core_tata,mouse/2", str(out), seeds=2, max_train=200,
+                 max_eval=100, epochs=2, cpus_per_trial=1, baselines=str(BASELINES), log=logs.append)
+    assert "4 to run" in logs[0]
+    assert [row["dataset"] for row in r["datasets"]] == ["prom/prom_core_tata", "mouse/2"]
+    for row in r["datasets"]:
+        assert row["seeds_ok"] == 2 and row["seeds_failed"] == 0
+        assert -1 <= row["score_mean"] <= 1 and row["score_std"] >= 0 and len(row["per_seed"]) == 2
+        assert row["rank_of"] == 11 and 1 <= row["rank"] <= 11 and "DNABERT-6mer" in row["baselines"]
+    trials = [json.loads(p.read_text()) for p in sorted((out / "trials").glob("*.json"))]
+    assert len(trials) == 4
+    spans = sorted((t["started"], t["finished"]) for t in trials)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two trials ran at the same time"
+    md = (out / "results.md").read_text()
+    assert "| prom/prom_core_tata | mcc |" in md and "±" in md and "DNABERT-2" in md and "overall" in md
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("dataset,task,metric,score_mean,score_std") and len(csv_lines) == 3
+    assert json.loads((out / "results.json").read_text())["overall"] == pytest.approx(r["overall"])
+
+    # A rerun skips the finished (dataset, seed) pairs and only runs the new seed.
+    before = {p.name: p.stat().st_mtime for p in (out / "trials").iterdir()}
+    logs.clear()
+    r2 = finetune(str(checkpoint), str(gue_dir), "prom/prom_core_tata,mouse/2", str(out), seeds=3, max_train=200,
+                  max_eval=100, epochs=2, log=logs.append)
+    assert "4 already finished, 2 to run" in logs[0]
+    assert all((out / "trials" / n).stat().st_mtime == m for n, m in before.items())
+    assert all(row["seeds_ok"] == 3 for row in r2["datasets"])
+
+
+@pytest.mark.ray
+def test_failed_trial_is_reported_not_hidden(ray_local, gue_dir, checkpoint, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    out = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "randommask", "finetune", "--checkpoint", str(broken), "--gue-dir", str(gue_dir),
+           "--tasks", "mouse/2", "--seeds", "1", "--max-train", "50", "--epochs", "1", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "1 trial(s) failed" in res.stderr
+    row = json.loads((out / "results.json").read_text())["datasets"][0]
+    assert row["seeds_failed"] == 1 and row["errors"]
+    assert "Failed trials" in (out / "results.md").read_text()
+
+
+def test_all_mode_skips_missing_and_by_name_missing_is_an_error(gue_dir, checkpoint, tmp_path, ray_local):
+    partial = tmp_path / "GUE"
+    shutil.copytree(gue_dir / "prom" / "prom_core_tata", partial / "prom" / "prom_core_tata")
+    with pytest.raises(UserError, match="missing GUE dataset.*tf/0"):
+        finetune(str(checkpoint), str(partial), "tf/0,prom/prom_core_tata", str(tmp_path / "a"))
+    logs = []
+    r = finetune(str(checkpoint), str(partial), "all", str(tmp_path / "b"), seeds=1, max_train=50, max_eval=50,
+                 epochs=1, log=logs.append)
+    assert "skipping 27 dataset(s)" in logs[0]
+    assert [row["dataset"] for row in r["datasets"]] == ["prom/prom_core_tata"]
+
+
+def test_bad_csv_fails_before_any_trial(gue_dir, checkpoint, tmp_path):
+    bad = tmp_path / "GUE"
+    shutil.copytree(gue_dir / "mouse" / "2", bad / "mouse" / "2")
+    (bad / "mouse" / "2" / "dev.csv").write_text("sequence,label\nACGTACGT,7\n")
+    with pytest.raises(UserError, match=r"dev.csv: line 2: label 7 outside 0..1"):
+        finetune(str(checkpoint), str(bad), "mouse/2", str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "trials").exists()

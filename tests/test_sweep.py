@@ -1,0 +1,83 @@
+"""Sweeps over mask schedules: Ray Tune over TorchTrainer runs with ASHA, outputs, resume; the probe."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from randommask import KmerTokenizer
+from randommask.config import load_config
+from randommask.errors import UserError
+from randommask.finetune import linear_probe
+from randommask.model import build_mlm
+from randommask.prepare import prepare
+from randommask.tune import load_sweep, sweep, trial_config
+
+from conftest import SHARED
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = REPO / "jobs" / "configs" / "sweep-tiny.yaml"
+
+
+@pytest.mark.ray
+def test_sweep_of_three_tiny_trials_with_asha(ray_local, ecoli, tmp_path):
+    prepared = tmp_path / "prepared"
+    prepare([str(ecoli)], str(prepared), show_progress=False)
+    overrides = [f"storage_path={tmp_path / 'sweeps'}",
+                 f"set=[data.prepared={prepared},optim.max_steps=60,run.eval_every=20,run.checkpoint_every=60,"
+                 "run.log_every=10,scaling.cpus_per_worker=0.5,observability.progress=false]"]
+    out = sweep(str(SWEEP), overrides, log=lambda *_: None)
+    rows = out["trials"]
+    assert sorted(r["masking.strategy"] for r in rows) == ["bert", "randommask", "span"]
+    assert all(r["status"] in ("done", "stopped") and r["steps"] >= 20 for r in rows)
+    assert any(r["status"] == "done" and r["steps"] == 60 for r in rows)
+    # ASHA saw the curve: every trial reported the fixed-mask loss at its evaluations
+    assert all(r["eval_span_k_loss"] is not None for r in rows)
+    best = out["best"]
+    assert best["eval_span_k_loss"] == min(r["eval_span_k_loss"] for r in rows if r["status"] == "done")
+    cfg = load_config(out["best_yaml"])  # ready for `randommask pretrain`
+    assert cfg.masking.strategy == best["masking.strategy"] and cfg.optim.max_steps == 60
+    assert Path(out["curves"]).read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "sweeps" / "sweep-tiny" / "trials.csv").read_text().count("\n") == 4
+
+    # Rerunning the same sweep resumes its Tune experiment instead of starting over.
+    logs = []
+    again = sweep(str(SWEEP), overrides, log=logs.append)
+    assert any("resuming" in line for line in logs)
+    assert sorted(r["trial"] for r in again["trials"]) == sorted(r["trial"] for r in rows)
+
+
+def test_trial_config_drops_parameters_the_strategy_does_not_take(tmp_path):
+    sweep_cfg, base = load_sweep(str(SWEEP), ["set=[data.prepared=x]"])
+    span = trial_config(base, {"masking.strategy": "span", "masking.phase_length": 10}, sweep_cfg, "t1", str(tmp_path))
+    assert span.masking.strategy == "span" and span.masking.phase_ends is None
+    rm = trial_config(base, {"masking.strategy": "randommask", "masking.phase_length": 10,
+                             "masking.span_step": 3}, sweep_cfg, "t2", str(tmp_path))
+    assert rm.masking.phase_ends == [10, 20, 30, 40, 50] and rm.masking.span_step == 3
+    assert rm.run.name == "sweep-tiny-t2"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["search.algorithm=optuna"], "grid dimensions need search.algorithm grid or random"),
+    (["search.space={optim.lr: {normal: [0, 1]}}"], "one of grid, choice"),
+    (["objective.metric=probe_score"], "needs a probe section"),
+    (["scheduler={asha: {grace_period: 0}}"], "grace_period"),
+    (["pretrain=nope.yaml"], "pretrain config"),
+    (["search.num_sample=3"], "search.num_sample: unknown key"),
+])
+def test_bad_sweep_configs(overrides, message):
+    with pytest.raises(UserError, match=message):
+        load_sweep(str(SWEEP), overrides)
+
+
+def test_linear_probe_on_frozen_embeddings(tmp_path):
+    gue_dir = SHARED / "data" / "gue"
+    if not gue_dir.exists():
+        pytest.skip("real GUE data is absent")
+    torch.manual_seed(0)
+    build_mlm("tiny").save_pretrained(tmp_path)
+    KmerTokenizer(6).save_pretrained(tmp_path)
+    scores = linear_probe(str(tmp_path), str(gue_dir), ["prom/prom_core_tata"], max_train=300, max_eval=200)
+    assert set(scores) == {"probe_prom/prom_core_tata", "probe_score"}
+    assert -1 <= scores["probe_score"] <= 1
