@@ -63,12 +63,11 @@ def _run_bench(args: argparse.Namespace) -> None:
 
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_GENOME = REPO.parent / "shared" / "data" / "genomes" / "ecoli_536.fna.gz"
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="prepare a genome and run a local RandomMask pretraining (make demo)")
-    p.add_argument("--genome", help=f"FASTA file or URL (default: {DEFAULT_GENOME})")
+    p.add_argument("--genome", help="FASTA file or URL (default: ../shared/data/genomes/ecoli_536.fna.gz)")
     p.add_argument("--config", default=str(REPO / "jobs" / "configs" / "pretrain-small.yaml"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
 
@@ -78,6 +77,8 @@ def _run_demo(args: argparse.Namespace) -> None:
     from randommask.config import load_config
     from randommask.genome import is_fasta_name
     from randommask.prepare import prepare
+
+    from randommask.bench import DEFAULT_GENOME
 
     genome = args.genome or str(DEFAULT_GENOME)
     if storage.is_local(genome) and not Path(genome).is_file():

@@ -19,7 +19,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from randommask.errors import UserError
-from randommask.tokenizer import ALPHABET, INVALID, codes_from_bytes
+from randommask.tokenizer import ALPHABET, INVALID
 
 SOFT_BIT = 8
 CODE_MASK = 7
@@ -226,5 +226,3 @@ def cut_windows(codes: np.ndarray, window_bp: int, n: int, seed: int = 0) -> np.
     starts = np.random.default_rng(seed).integers(0, len(codes) - window_bp + 1, size=n)
     return codes[starts[:, None] + np.arange(window_bp)[None, :]]
 
-
-__all__ = ["parse_fasta", "read_fasta", "genome_codes", "cut_windows", "codes_from_bytes", "SOFT_BIT", "CODE_MASK"]

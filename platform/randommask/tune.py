@@ -263,7 +263,8 @@ def _write_outputs(cfg: SweepConfig, base: dict, results, root: str, runs_uri: s
                      **{k: v for k, v in metrics.items() if k.startswith("probe_")},
                      "error": str(r.error).splitlines()[-1] if r.error else ""})
         if evals:
-            curves[trial_id] = evals
+            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items())
+            curves[f"{trial_id} ({label})" if label else trial_id] = evals
     scored = [x for x in rows if x.get(obj.metric) is not None and x["status"] == "done"]
     best = (min if obj.mode == "min" else max)(scored, key=lambda x: x[obj.metric]) if scored else None
     keys = list(dict.fromkeys(k for x in rows for k in x))
