@@ -89,14 +89,21 @@ def test_stop_and_resume_by_name_sees_the_same_batches(prepared, tmp_path):
 
 
 def _train_worker_pids():
-    """PIDs of live Ray Train worker processes (Ray names them ray::RayTrainWorker...)."""
+    """PIDs of this cluster's live Ray Train workers (Ray names them ray::RayTrainWorker...); workers
+    of any other Ray cluster on the host are left alone (their raylet runs another session)."""
     import psutil
+    import ray
 
+    session = Path(ray._private.worker._global_node.get_session_dir_path()).name
     pids = []
     for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if cmd.startswith("ray::RayTrainWorker"):
-            pids.append(p.pid)
+        if not " ".join(p.info["cmdline"] or []).startswith("ray::RayTrainWorker"):
+            continue
+        try:
+            if any(session in " ".join(parent.cmdline()) for parent in p.parents()):
+                pids.append(p.pid)
+        except psutil.Error:
+            continue
     return pids
 
 
