@@ -94,6 +94,7 @@ def run_trial(p: dict[str, Any], report=None) -> dict[str, Any]:
     from transformers import BertForSequenceClassification
 
     transformers.logging.set_verbosity_error()  # the new classifier head is expected, not news
+    transformers.logging.disable_progress_bar()
     started = time.time()
     ds = gue.REGISTRY[p["dataset"]]
     seed = int(p["seed"])

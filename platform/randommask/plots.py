@@ -39,7 +39,12 @@ def loss_curves_png(runs: dict[str, Sequence[dict]], title: str = "") -> bytes:
     ax.grid(alpha=0.3)
     handles = ax.get_legend_handles_labels()
     span_handles = span_ax.get_legend_handles_labels()
-    ax.legend(handles[0] + span_handles[0], handles[1] + span_handles[1], fontsize=8, loc="upper right")
+    entries = (handles[0] + span_handles[0], handles[1] + span_handles[1])
+    if len(entries[0]) > 4:  # several runs: keep the legend off the curves
+        fig.set_size_inches(12, 5)
+        ax.legend(*entries, fontsize=8, loc="upper left", bbox_to_anchor=(1.1, 1.0), borderaxespad=0)
+    else:
+        ax.legend(*entries, fontsize=8, loc="upper right")
     if title:
         ax.set_title(title)
     fig.tight_layout()

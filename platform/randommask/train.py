@@ -225,7 +225,9 @@ def lr_factor(step: int, warmup: int, max_steps: int, decay: str, min_ratio: flo
 
 def _quiet_worker_logs() -> None:
     import ray.train.v2._internal.execution.context as train_context
+    import transformers
 
+    transformers.logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     # Ray Train logs every report under this file's path, not under the ray.train logger.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
