@@ -185,17 +185,23 @@ def validate_config(tree: dict, source: str) -> PretrainConfig:
         raise UserError(format_validation_error(e, source)) from None
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PretrainConfig:
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config") -> dict:
+    """A YAML file that must hold a mapping; one-line errors for a missing file or bad YAML."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config {p} not found; the shipped ones are in jobs/configs/")
+        raise UserError(f"{what} {p} not found; the shipped ones are in jobs/configs/")
     try:
         tree = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise UserError(f"config {p}: not valid YAML: {' '.join(str(e).split())}") from None
+        raise UserError(f"{what} {p}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(tree, dict):
-        raise UserError(f"config {p}: expected a mapping of sections (data, masking, model, ...)")
-    return validate_config(apply_overrides(tree, overrides or []), str(p))
+        raise UserError(f"{what} {p}: expected a mapping of sections")
+    return tree
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> PretrainConfig:
+    tree = read_yaml_mapping(path)
+    return validate_config(apply_overrides(tree, overrides or []), str(path))
 
 
 def dump_config(cfg: PretrainConfig) -> str:

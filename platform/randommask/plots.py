@@ -11,6 +11,16 @@ matplotlib.use("Agg")  # no display on workers or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _png(fig, ax, title: str) -> bytes:
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _series(lines: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
     pts = [(ln["step"], ln[key]) for ln in lines if ln.get(key) is not None]
     return [p[0] for p in pts], [p[1] for p in pts]
@@ -45,13 +55,7 @@ def loss_curves_png(runs: dict[str, Sequence[dict]], title: str = "") -> bytes:
         ax.legend(*entries, fontsize=8, loc="upper left", bbox_to_anchor=(1.1, 1.0), borderaxespad=0)
     else:
         ax.legend(*entries, fontsize=8, loc="upper right")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig, ax, title)
 
 
 def eval_curves_png(runs: dict[str, Sequence[dict]], title: str = "", key: str = "eval_span_k_loss") -> bytes:
@@ -64,10 +68,4 @@ def eval_curves_png(runs: dict[str, Sequence[dict]], title: str = "", key: str =
     ax.set_ylabel(key.replace("_", " "))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig, ax, title)

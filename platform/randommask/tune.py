@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from randommask import storage
-from randommask.config import apply_overrides, dump_config, format_validation_error, validate_config
+from randommask.config import (
+    apply_overrides, dump_config, format_validation_error, read_yaml_mapping, validate_config,
+)
 from randommask.errors import UserError
 
 # Masker parameters that only some strategies take; a trial drops those its strategy does not.
@@ -102,13 +103,7 @@ class SweepConfig(_Strict):
 def load_sweep(path: str, overrides: list[str] | None = None) -> tuple[SweepConfig, dict]:
     """The sweep config and the base pretraining config tree (both validated)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"sweep config {p} not found")
-    try:
-        tree = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise UserError(f"sweep config {p}: not valid YAML: {' '.join(str(e).split())}") from None
-    tree = apply_overrides(tree, overrides or [])
+    tree = apply_overrides(read_yaml_mapping(p, "sweep config"), overrides or [])
     try:
         sweep = SweepConfig.model_validate(tree)
     except ValidationError as e:
@@ -116,7 +111,7 @@ def load_sweep(path: str, overrides: list[str] | None = None) -> tuple[SweepConf
     base_path = (p.parent / sweep.pretrain) if not os.path.isabs(sweep.pretrain) else Path(sweep.pretrain)
     if not base_path.is_file():
         raise UserError(f"sweep config {p}: pretrain config {base_path} not found")
-    base = apply_overrides(yaml.safe_load(base_path.read_text()) or {}, list(sweep.set))
+    base = apply_overrides(read_yaml_mapping(base_path, "pretrain config"), list(sweep.set))
     validate_config(copy.deepcopy(base), f"{base_path} (with the sweep's set)")
     for key in sweep.search.space:
         if key != "masking.phase_length" and key.split(".")[0] not in base and key.split(".")[0] not in (
