@@ -25,7 +25,7 @@ from randommask import storage
 from randommask.errors import UserError
 from randommask.genome import CODE_MASK, SOFT_BIT
 from randommask.prepare import read_manifest
-from randommask.tokenizer import COMPLEMENT_CODE, INVALID, KmerTokenizer
+from randommask.tokenizer import INVALID, KmerTokenizer, reverse_complement_codes
 
 SPLITS = ("train", "validation")
 
@@ -186,7 +186,7 @@ class _ReadChunk:
             perm = rng.permutation(len(codes))
             codes, soft, coords = codes[perm], soft[perm], coords[perm]
             rc = rng.random(len(codes)) < self.rc_prob
-            codes[rc] = COMPLEMENT_CODE[codes[rc, ::-1]]
+            codes[rc] = reverse_complement_codes(codes[rc])
             soft[rc] = soft[rc, ::-1]
         sample = int(row["first_sample"]) + np.arange(len(codes), dtype=np.int64)
         keep = sample >= self.start_sample

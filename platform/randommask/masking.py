@@ -81,10 +81,6 @@ class Masker:
         inputs = torch.where(selected & (u < p_mask + p_rand), replacement, input_ids)
         return inputs, labels
 
-    def expected_mask_fraction(self, step: int) -> float:
-        """Approximate fraction of maskable tokens selected at ``step`` (ignoring span overlaps)."""
-        raise NotImplementedError
-
 
 @dataclass
 class BertMasker(Masker):
@@ -99,9 +95,6 @@ class BertMasker(Masker):
 
     def select(self, input_ids, maskable, step, generator):
         return torch.rand(input_ids.shape, device=input_ids.device, generator=generator) < self.mask_prob
-
-    def expected_mask_fraction(self, step: int) -> float:
-        return self.mask_prob
 
 
 def cover_spans(centres: torch.Tensor, lengths: torch.Tensor, max_length: int) -> torch.Tensor:
@@ -146,9 +139,6 @@ class SpanMasker(Masker):
         centres = (torch.rand(input_ids.shape, device=input_ids.device, generator=generator) < self.centre_prob)
         centres &= maskable
         return cover_spans(centres, torch.tensor(self.span, device=input_ids.device), self.span)
-
-    def expected_mask_fraction(self, step: int) -> float:
-        return min(1.0, self.centre_prob * self.span)
 
 
 @dataclass
@@ -220,9 +210,6 @@ class RandomMasker(Masker):
             # their indices must stay inside the padded difference array.
             lengths = u.mul((hi - lo + 1) / p).add_(lo).long().clamp_(max=hi)
         return cover_spans(centres, lengths, hi)
-
-    def expected_mask_fraction(self, step: int) -> float:
-        return min(1.0, self.centre_prob_at(step) * self._mean_span(step))
 
 
 _MASKERS = {"bert": BertMasker, "span": SpanMasker, "randommask": RandomMasker}

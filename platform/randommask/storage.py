@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import tempfile
 from typing import Any
 
@@ -146,9 +147,7 @@ def put_file(local_path: str, uri: str, storage_options: dict | None = None) -> 
     if scheme == "file":
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp"
-        with open(local_path, "rb") as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
+        shutil.copyfile(local_path, tmp)
         os.replace(tmp, path)
         return
     fs, path = filesystem(uri, storage_options)

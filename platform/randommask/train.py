@@ -250,7 +250,7 @@ def train_step(model, opt, sched, masker, data: Iterator[torch.Tensor], step: in
         t = time.perf_counter()
         ids = next(data)
         wait += time.perf_counter() - t
-        crc = zlib.crc32(ids.numpy().tobytes(), crc)
+        crc = zlib.crc32(ids.numpy(), crc)  # reads the buffer in place, no copy
         ids = ids.to(device, non_blocking=True).long()
         # Masks depend only on (seed, step, rank, micro): nothing to checkpoint, exact on resume.
         gen = torch.Generator(device=device).manual_seed(_seed(seed, step, rank, micro))
