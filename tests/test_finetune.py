@@ -144,6 +144,29 @@ def test_finetune_through_tune_two_at_once_with_results_and_resume(ray_local, gu
 
 
 @pytest.mark.ray
+def test_finetune_from_s3_to_s3_skips_finished_trials_on_rerun(ray_local, gue_dir, checkpoint, s3):
+    """The KubeRay path: checkpoint, GUE data and results all on S3, trials fetch the checkpoint
+    themselves (they may run on other nodes), and a retried job skips what already finished."""
+    bucket = s3.bucket("ft")
+    shutil.copytree(checkpoint, bucket / "runs" / "r" / "final")
+    shutil.copytree(gue_dir / "mouse" / "2", bucket / "gue" / "mouse" / "2")
+    args = dict(seeds=1, max_train=100, max_eval=50, epochs=1, cpus_per_trial=1)
+    r = finetune("s3://ft/runs/r/final", "s3://ft/gue", "mouse/2", "s3://ft/out", **args, log=lambda *_: None)
+    assert r["datasets"][0]["seeds_ok"] == 1 and r["failed_trials"] == 0
+    out = bucket / "out"
+    assert (out / "trials" / "mouse_2__seed0.json").is_file()
+    assert json.loads((out / "results.json").read_text())["overall"] == pytest.approx(r["overall"])
+    assert "| mouse/2 | mcc |" in (out / "results.md").read_text()
+    first = (out / "trials" / "mouse_2__seed0.json").read_bytes()
+    logs = []
+    r2 = finetune("s3://ft/runs/r/final", "s3://ft/gue", "mouse/2", "s3://ft/out", **{**args, "seeds": 2},
+                  log=logs.append)
+    assert "1 already finished, 1 to run" in logs[0]
+    assert (out / "trials" / "mouse_2__seed0.json").read_bytes() == first
+    assert r2["datasets"][0]["seeds_ok"] == 2
+
+
+@pytest.mark.ray
 def test_failed_trial_is_reported_not_hidden(ray_local, gue_dir, checkpoint, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(checkpoint, broken)

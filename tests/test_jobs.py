@@ -39,47 +39,63 @@ def gauge(text: str, name: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-@pytest.fixture
-def ray_head(tmp_path, s3):
-    """A real Ray head started with `ray start --head --block`, token auth on, stopped by its PID."""
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {**os.environ, "HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    env.pop("RAY_ADDRESS", None)
-    token = subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=env, capture_output=True, text=True,
-                           timeout=60)
-    assert token.returncode == 0, token.stderr
-    ports = {name: free_port() for name in ("gcs", "dash", "metrics", "client", "agent", "agent_grpc", "rt_env",
-                                            "node", "object")}
-    worker_lo = free_port() // 100 * 100 % 50000 + 10000
-    proc = subprocess.Popen(
-        [BIN / "ray", "start", "--head", "--block", f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={ports['dash']}", f"--metrics-export-port={ports['metrics']}",
-         f"--ray-client-server-port={ports['client']}", f"--dashboard-agent-listen-port={ports['agent']}",
-         f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['rt_env']}",
-         f"--node-manager-port={ports['node']}", f"--object-manager-port={ports['object']}",
-         f"--min-worker-port={worker_lo}", f"--max-worker-port={worker_lo + 99}",
-         "--num-cpus=2", "--disable-usage-stats"],
-        env=env, stdout=open(tmp_path / "head.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{ports['dash']}"
-    try:
+class RayHead:
+    """A real Ray head started with `ray start --head --block`, token auth on, in its own session."""
+
+    def __init__(self, home: Path, log: Path) -> None:
+        home.mkdir(exist_ok=True)
+        self.env = {**os.environ, "HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+        self.env.pop("RAY_ADDRESS", None)
+        if not (home / ".ray" / "auth_token").exists():
+            token = subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=self.env, capture_output=True,
+                                   text=True, timeout=60)
+            assert token.returncode == 0, token.stderr
+        ports = {name: free_port() for name in ("gcs", "dash", "metrics", "client", "agent", "agent_grpc", "rt_env",
+                                                "node", "object")}
+        worker_lo = free_port() // 100 * 100 % 50000 + 10000
+        self.gcs_port, self.metrics_port = ports["gcs"], ports["metrics"]
+        self.proc = subprocess.Popen(
+            [BIN / "ray", "start", "--head", "--block", f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={ports['dash']}", f"--metrics-export-port={ports['metrics']}",
+             f"--ray-client-server-port={ports['client']}", f"--dashboard-agent-listen-port={ports['agent']}",
+             f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['rt_env']}",
+             f"--node-manager-port={ports['node']}", f"--object-manager-port={ports['object']}",
+             f"--min-worker-port={worker_lo}", f"--max-worker-port={worker_lo + 99}",
+             "--num-cpus=2", "--disable-usage-stats"],
+            env=self.env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.address = f"http://127.0.0.1:{ports['dash']}"
         deadline = time.monotonic() + 120
-        while http_get(f"{address}/api/version")[0] not in (200, 401):
-            assert proc.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the Ray head did not come up"
+        while http_get(f"{self.address}/api/version")[0] not in (200, 401):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"the Ray head did not come up: {log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield {"env": env, "address": address, "metrics_port": ports["metrics"], "proc": proc}
-    finally:
-        proc.send_signal(signal.SIGTERM)  # never `ray stop`: it kills every Ray process on the host
+
+    def stop(self, lose: bool = False) -> None:
+        """SIGTERM to its PID (never `ray stop`: it kills every Ray process on the host), or, to lose
+        the head as a deleted pod does, SIGKILL to its whole process group."""
+        if lose:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        else:
+            self.proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(60)
+            self.proc.wait(60)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)
         # `ray start` records its address for later "auto" lookups; a stopped head must not stay there.
         current = Path("/tmp/ray/ray_current_cluster")
-        if current.exists() and current.read_text().strip().endswith(f":{ports['gcs']}"):
+        if current.exists() and current.read_text().strip().endswith(f":{self.gcs_port}"):
             current.unlink()
+
+
+@pytest.fixture
+def ray_head(tmp_path, s3):
+    head = RayHead(tmp_path / "home", tmp_path / "head.log")
+    try:
+        yield {"env": head.env, "address": head.address, "metrics_port": head.metrics_port, "proc": head.proc}
+    finally:
+        head.stop()
 
 
 def test_job_submit_pretrains_from_s3_with_metrics_and_token_auth(ray_head, s3, ray_local, ecoli, tmp_path):
@@ -146,3 +162,49 @@ def test_job_submit_pretrains_from_s3_with_metrics_and_token_auth(ray_head, s3, 
         if f.is_file() and f.suffix in (".json", ".jsonl", ".yaml", ".txt"):
             assert secret not in f.read_text(errors="replace"), f
     assert secret not in output
+
+
+def test_a_retried_job_on_a_new_head_resumes_from_the_checkpoint_on_s3(s3, ray_local, ecoli, tmp_path):
+    """What KubeRay does when a RayJob's head pod is lost: the cluster is gone, a retry brings up a
+    new one and submits the same entrypoint again. The new driver must continue from the run's
+    latest checkpoint on S3, not start over (kuberay#2155)."""
+    s3.bucket("runs")
+    (s3.bucket("genomes") / ecoli.name).write_bytes(ecoli.read_bytes())
+    prepare([f"s3://genomes/{ecoli.name}"], "s3://genomes/prepared-retry", show_progress=False)
+    entrypoint = ["python", "jobs/pretrain.py", "--config", "jobs/configs/pretrain-tiny.yaml",
+                  "--set", "data.prepared=s3://genomes/prepared-retry", "--set", "run.storage_path=s3://runs/k8s",
+                  "--set", "run.name=retry", "--set", "optim.max_steps=80", "--set", "run.checkpoint_every=20",
+                  "--set", "run.log_every=5", "--set", "masking.phase_ends=[16,32,48,64,80]"]
+
+    def submit(head: RayHead, attempt: int, wait: bool) -> subprocess.CompletedProcess:
+        cmd = [BIN / "ray", "job", "submit", "--address", head.address, "--working-dir", str(REPO),
+               "--runtime-env", str(REPO / "jobs" / "runtime_env.yaml"), "--submission-id", f"retry-{attempt}",
+               *([] if wait else ["--no-wait"]), "--", *entrypoint]
+        return subprocess.run(cmd, env=head.env, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+    run = s3.root / "runs" / "k8s" / "retry"
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    first = RayHead(tmp_path / "home", tmp_path / "head1.log")
+    try:
+        assert submit(first, 1, wait=False).returncode == 0
+        deadline = time.monotonic() + 400
+        while not (snapshot.exists() and "step_00000040" in snapshot.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert snapshot.exists() and "step_00000040" in snapshot.read_text(), "no registered checkpoint on S3"
+    finally:
+        first.stop(lose=True)  # the head pod is gone, with its GCS, its driver and its workers
+    assert not (run / "final").exists()
+
+    second = RayHead(tmp_path / "home", tmp_path / "head2.log")
+    try:
+        res = submit(second, 2, wait=True)
+    finally:
+        second.stop()
+    assert res.returncode == 0 and "Job 'retry-2' succeeded" in res.stdout, res.stdout[-4000:] + res.stderr[-2000:]
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert events[0]["event"] == "start" and events[-1]["event"] == "resume"
+    assert events[-1]["step"] >= 40 and events[-1]["step"] % 20 == 0
+    assert f"resumed from step {events[-1]['step']}" in res.stdout
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in metrics] == list(range(5, 81, 5))  # each step once, none replayed from 0
+    assert (run / "final" / "model.safetensors").exists()

@@ -21,10 +21,13 @@ SWEEP = REPO / "jobs" / "configs" / "sweep-tiny.yaml"
 
 
 @pytest.mark.ray
-def test_sweep_of_three_tiny_trials_with_asha(ray_local, ecoli, tmp_path):
+def test_sweep_of_three_tiny_trials_with_asha_on_s3(ray_local, ecoli, tmp_path, s3):
+    """The KubeRay path: trials' runs and Tune's experiment state live on S3, so a rerun (a RayJob
+    retry on a new cluster) restores the experiment from there."""
     prepared = tmp_path / "prepared"
     prepare([str(ecoli)], str(prepared), show_progress=False)
-    overrides = [f"storage_path={tmp_path / 'sweeps'}",
+    s3.bucket("sweeps")
+    overrides = ["storage_path=s3://sweeps/k8s",
                  f"set=[data.prepared={prepared},optim.max_steps=60,run.eval_every=20,run.checkpoint_every=60,"
                  "run.log_every=10,scaling.cpus_per_worker=0.5,observability.progress=false]"]
     out = sweep(str(SWEEP), overrides, log=lambda *_: None)
@@ -36,15 +39,19 @@ def test_sweep_of_three_tiny_trials_with_asha(ray_local, ecoli, tmp_path):
     assert all(r["eval_span_k_loss"] is not None for r in rows)
     best = out["best"]
     assert best["eval_span_k_loss"] == min(r["eval_span_k_loss"] for r in rows if r["status"] == "done")
-    cfg = load_config(out["best_yaml"])  # ready for `randommask pretrain`
+    root = s3.root / "sweeps" / "k8s" / "sweep-tiny"
+    assert out["best_yaml"] == "s3://sweeps/k8s/sweep-tiny/best.yaml"
+    cfg = load_config(str(root / "best.yaml"))  # ready for `randommask pretrain`
     assert cfg.masking.strategy == best["masking.strategy"] and cfg.optim.max_steps == 60
-    assert Path(out["curves"]).read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "sweeps" / "sweep-tiny" / "trials.csv").read_text().count("\n") == 4
+    assert out["curves"] == "s3://sweeps/k8s/sweep-tiny/curves.png"
+    assert (root / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (root / "trials.csv").read_text().count("\n") == 4
+    assert len(list((root / "runs").glob("sweep-tiny-*/final/config.json"))) >= 1
 
     # Rerunning the same sweep resumes its Tune experiment instead of starting over.
     logs = []
     again = sweep(str(SWEEP), overrides, log=logs.append)
-    assert any("resuming" in line for line in logs)
+    assert any("resuming s3://sweeps/k8s/sweep-tiny/tune/sweep-tiny" in line for line in logs)
     assert sorted(r["trial"] for r in again["trials"]) == sorted(r["trial"] for r in rows)
 
 

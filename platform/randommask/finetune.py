@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -66,8 +68,27 @@ def resolve_checkpoint(ckpt: str, cache_dir: str | None = None, storage_options:
                     "or a checkpoint step_*/")
 
 
-def _trial_file(out: str, name: str, seed: int) -> Path:
-    return Path(out) / "trials" / f"{name.replace('/', '_')}__seed{seed}.json"
+def node_checkpoint(ckpt: str, storage_options: dict | None = None) -> str:
+    """A local copy of a remote checkpoint on this node, downloaded once per node: trials run on
+    other pods than the driver and cannot read its disk. Concurrent trials race safely (rename)."""
+    if storage.is_local(ckpt):
+        return resolve_checkpoint(ckpt)
+    root = Path(tempfile.gettempdir()) / "randommask-checkpoints"
+    final = root / hashlib.sha1(ckpt.encode()).hexdigest()[:16]
+    if not final.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".download-"))
+        resolve_checkpoint(ckpt, cache_dir=str(tmp), storage_options=storage_options)
+        try:
+            tmp.rename(final)
+        except OSError:  # another trial on this node got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return resolve_checkpoint(str(final / "checkpoint"))
+
+
+def _trial_file(out: str, name: str, seed: int) -> str:
+    """Where a finished (dataset, seed) trial's result lives: local or on S3, beside results.*."""
+    return storage.join(out, "trials", f"{name.replace('/', '_')}__seed{seed}.json")
 
 
 # ---- one trial ----------------------------------------------------------------------------------
@@ -102,7 +123,8 @@ def run_trial(p: dict[str, Any], report=None) -> dict[str, Any]:
     if p.get("threads"):
         torch.set_num_threads(int(p["threads"]))
     device = torch.device("cuda" if torch.cuda.is_available() and p.get("gpu") else "cpu")
-    tok = KmerTokenizer.from_pretrained(p["checkpoint"])
+    ckpt = node_checkpoint(p["checkpoint"], p.get("storage_options"))
+    tok = KmerTokenizer.from_pretrained(ckpt)
     t0 = time.time()
     data = {}
     for split in gue.SPLITS:
@@ -110,7 +132,7 @@ def run_trial(p: dict[str, Any], report=None) -> dict[str, Any]:
         limit = p.get("max_train") if split == "train" else p.get("max_eval")
         seqs, labels = gue.subsample(seqs, labels, limit, seed=0)  # the same rows for every seed and model
         data[split] = (seqs, labels)
-    model = BertForSequenceClassification.from_pretrained(p["checkpoint"], num_labels=ds.classes,
+    model = BertForSequenceClassification.from_pretrained(ckpt, num_labels=ds.classes,
                                                           attn_implementation="sdpa")
     max_len = min(tok.num_tokens(max(len(s) for s in data["train"][0])), model.config.max_position_embeddings)
     enc = {s: tok.encode_batch(data[s][0], max_length=max_len) for s in gue.SPLITS}
@@ -163,8 +185,8 @@ def run_trial(p: dict[str, Any], report=None) -> dict[str, Any]:
         "history": history, "seconds": round(time.time() - t0, 1), "checkpoint": p["checkpoint"],
         "started": started, "finished": time.time(),
     }
-    path = _trial_file(p["out"], ds.name, seed)
-    storage.write_bytes(str(path), (json.dumps(result, indent=1) + "\n").encode())
+    storage.write_bytes(_trial_file(p["out"], ds.name, seed), (json.dumps(result, indent=1) + "\n").encode(),
+                        p.get("storage_options"))
     return result
 
 
@@ -187,7 +209,8 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
     for flag, value in (("--max-train", max_train), ("--max-eval", max_eval), ("--epochs", epochs)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
-    out = os.path.abspath(out)
+    if storage.is_local(out):
+        out = os.path.abspath(out)
     if storage.is_local(gue_dir):
         gue_dir = os.path.abspath(gue_dir)
     names, all_mode = gue.resolve_names(tasks)
@@ -202,8 +225,7 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
         for split in gue.SPLITS:
             gue.read_split(gue_dir, name, split, storage_options)
     published = load_baselines(baselines) if baselines else None
-    local_ckpt = resolve_checkpoint(checkpoint, cache_dir=os.path.join(out, ".checkpoint"),
-                                    storage_options=storage_options)
+    local_ckpt = node_checkpoint(checkpoint, storage_options)  # fails here, before any trial, if unusable
     KmerTokenizer.from_pretrained(local_ckpt)
     if lora:
         try:
@@ -212,21 +234,25 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
             raise UserError("--lora needs peft: pip install peft") from None
 
     pairs = [(n, s) for n in present for s in range(seeds)]
-    todo = [(n, s) for n, s in pairs if not _trial_file(out, n, s).exists()]
+    finished = {(n, s) for n, s in pairs if storage.exists(_trial_file(out, n, s), storage_options)}
+    todo = [(n, s) for n, s in pairs if (n, s) not in finished]
     log(f"finetune {len(pairs)} trial(s) ({len(present)} dataset(s) x {seeds} seed(s)); "
         f"{len(pairs) - len(todo)} already finished, {len(todo)} to run")
     failures: dict[tuple[str, int], str] = {}
     if todo:
-        failures = _run_tune(todo, dict(checkpoint=local_ckpt, gue_dir=gue_dir, out=out, max_train=max_train,
+        # Trials get the checkpoint's own address: a remote one is fetched once on each node.
+        failures = _run_tune(todo, dict(checkpoint=checkpoint if not storage.is_local(checkpoint) else local_ckpt,
+                                        gue_dir=gue_dir, out=out, max_train=max_train,
                                         max_eval=max_eval, epochs=epochs, lr=lr, batch_size=batch_size, lora=lora,
                                         gpu=gpus_per_trial > 0, threads=max(1, int(cpus_per_trial)),
                                         storage_options=storage_options),
                              cpus_per_trial, gpus_per_trial)
-    trials = [json.loads(_trial_file(out, n, s).read_text()) for n, s in pairs if _trial_file(out, n, s).exists()]
+    trials = [json.loads(storage.read_bytes(_trial_file(out, n, s), storage_options)) for n, s in pairs
+              if (n, s) in finished or storage.exists(_trial_file(out, n, s), storage_options)]
     for (n, s), err in failures.items():
         trials.append({"dataset": n, "seed": s, "status": "failed", "error": err})
     results = aggregate(trials, published, checkpoint)
-    write_results(out, results)
+    write_results(out, results, storage_options)
     return results
 
 
@@ -237,13 +263,14 @@ def _run_tune(todo: list[tuple[str, int]], common: dict, cpus: float, gpus: floa
 
     ensure_ray()
     resources = {"cpu": cpus, **({"gpu": gpus} if gpus else {})}
+    tune_path, tune_fs = storage.ray_storage(storage.join(common["out"], "tune"), common.get("storage_options"))
     grid = [{**common, "dataset": n, "seed": s} for n, s in todo]
     tuner = tune.Tuner(
         tune.with_resources(_tune_trial, resources),
         param_space={"trial": tune.grid_search(grid)},
         tune_config=tune.TuneConfig(reuse_actors=False),
         run_config=tune.RunConfig(name=f"finetune-{time.strftime('%Y%m%d-%H%M%S')}",
-                                  storage_path=os.path.join(common["out"], "tune"), verbose=0,
+                                  storage_path=tune_path, storage_filesystem=tune_fs, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
     grid_results = tuner.fit()
@@ -309,7 +336,7 @@ def aggregate(trials: list[dict], published: dict | None, checkpoint: str) -> di
             "failed_trials": sum(r["seeds_failed"] for r in rows)}
 
 
-def write_results(out: str, results: dict[str, Any]) -> None:
+def write_results(out: str, results: dict[str, Any], storage_options: dict | None = None) -> None:
     rows = results["datasets"]
     models = sorted({m for r in rows for m in r.get("baselines", {})})
     buf = io.StringIO()
@@ -323,9 +350,9 @@ def write_results(out: str, results: dict[str, Any]) -> None:
             *[_fmt(r.get(k)) for k in ("mcc_mean", "mcc_std", "f1_macro_mean", "f1_macro_std", "accuracy_mean",
                                        "accuracy_std")],
             f"{r['rank']}/{r['rank_of']}" if "rank" in r else "", *[_fmt(r.get("baselines", {}).get(m)) for m in models]])
-    storage.write_bytes(os.path.join(out, "results.csv"), buf.getvalue().encode())
-    storage.write_bytes(os.path.join(out, "results.json"), (json.dumps(results, indent=1) + "\n").encode())
-    storage.write_bytes(os.path.join(out, "results.md"), markdown(results).encode())
+    for name, data in (("results.csv", buf.getvalue()), ("results.json", json.dumps(results, indent=1) + "\n"),
+                       ("results.md", markdown(results))):
+        storage.write_bytes(storage.join(out, name), data.encode(), storage_options)
 
 
 def _fmt(v: Any) -> str:

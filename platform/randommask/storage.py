@@ -79,6 +79,18 @@ def join(uri: str, *parts: str) -> str:
     return posixpath.join(uri.rstrip("/"), *parts)
 
 
+def ray_storage(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[str, Any]:
+    """Ray's ``storage_path`` and ``storage_filesystem`` for ``uri`` (Train and Tune runs), on the same
+    fsspec filesystem as everything else, so the endpoint and credentials come from one place."""
+    scheme, path = split_uri(uri)
+    if scheme == "file":
+        return path, None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, _ = filesystem(uri, storage_options)  # writes objects only: no directory markers
+    return path.rstrip("/"), PyFileSystem(FSSpecHandler(fs))
+
+
 def describe_error(exc: BaseException, where: str) -> str:
     """One line for a storage failure: what went wrong at ``where`` and what to do."""
     name = type(exc).__name__

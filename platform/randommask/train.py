@@ -106,17 +106,6 @@ def check_init_from(cfg: PretrainConfig) -> None:
                         f"data.k={cfg.data.k} ({vocab_size_for(cfg.data.k)} tokens)")
 
 
-def _ray_storage(cfg: PretrainConfig):
-    """Ray Train's ``storage_path`` and ``storage_filesystem`` for the run's storage."""
-    scheme, path = storage.split_uri(cfg.run.storage_path)
-    if scheme == "file":
-        return path, None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, _ = storage.filesystem(cfg.run.storage_path)  # writes objects only: no directory markers
-    return path.rstrip("/"), PyFileSystem(FSSpecHandler(fs))
-
-
 def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     """Run (or resume, when the run's name already has checkpoints) a pretraining; returns a summary.
     ``callbacks`` are Ray Train ``UserCallback``s (a sweep passes Tune's report callback)."""
@@ -130,7 +119,7 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
     check_init_from(cfg)
     check_data(cfg)
     ensure_ray()
-    storage_path, storage_fs = _ray_storage(cfg)
+    storage_path, storage_fs = storage.ray_storage(cfg.run.storage_path)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker

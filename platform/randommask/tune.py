@@ -206,10 +206,13 @@ def sweep(path: str, overrides: list[str] | None = None, log=print) -> dict[str,
         limit = None
     trainable = tune.with_resources(_trial, {"cpu": 0.01})  # the Train workers reserve their own CPUs
     tune_dir = storage.join(root, "tune")
-    experiment = storage.join(tune_dir, cfg.name)
-    if storage.is_local(experiment) and tune.Tuner.can_restore(experiment):
-        log(f"sweep    resuming {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    # Local or S3 alike: a rerun (or a RayJob retry on a new cluster) restores the experiment.
+    tune_path, tune_fs = storage.ray_storage(tune_dir)
+    experiment = f"{tune_path}/{cfg.name}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=tune_fs):
+        log(f"sweep    resuming {storage.join(tune_dir, cfg.name)}")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=tune_fs)
     else:
         space = {**_param_space(cfg.search), "sweep": cfg.model_dump(mode="json"), "base": base, "runs_uri": runs_uri}
         tuner = tune.Tuner(
@@ -219,7 +222,7 @@ def sweep(path: str, overrides: list[str] | None = None, log=print) -> dict[str,
             tune_config=tune.TuneConfig(num_samples=cfg.search.num_samples,
                                         max_concurrent_trials=limit, scheduler=scheduler,
                                         search_alg=searcher),
-            run_config=tune.RunConfig(name=cfg.name, storage_path=tune_dir, verbose=0,
+            run_config=tune.RunConfig(name=cfg.name, storage_path=tune_path, storage_filesystem=tune_fs, verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     results = tuner.fit()
