@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from randommask.data import build_plan, epoch_size, pretraining_dataset
+from randommask.data import validation_windows, build_plan, epoch_size, pretraining_dataset
 from randommask.errors import UserError
 from randommask.genome import read_fasta
 from randommask.prepare import MANIFEST, prepare
@@ -117,6 +117,9 @@ def test_determinism_and_new_cuts_each_epoch(ecoli_prepared):
     v1 = collect(pretraining_dataset(path, split="validation", epoch=0, seed=0))
     v2 = collect(pretraining_dataset(path, split="validation", epoch=7, seed=9))
     assert all((v1[k] == v2[k]).all() for k in v1)  # validation is fixed
+    # the in-process reader that evaluation and analysis use gives the same windows, in order
+    direct = validation_windows(path, W, limit=300)
+    assert len(direct) == min(300, len(v1["input_ids"])) and (direct == v1["input_ids"][:300]).all()
     assert epoch_size(path, epoch=2, seed=5) == len(a["sample"])
 
 

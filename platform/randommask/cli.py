@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -235,6 +236,43 @@ def _run_sweep(args: argparse.Namespace) -> None:
     print(f"curves   {out['curves']}")
 
 
+def _add_analyze(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="the paper's analyses as a report: loss dynamics, k-mer embeddings, "
+                       "attention concentration (docs/analysis.md)")
+    p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a run directory, its final/ or a step_*/, or any "
+                   "DNABERT-compatible model directory (local or s3://)")
+    p.add_argument("--compare", nargs="+", default=[], metavar="OTHER", help="more runs or checkpoints, side by side")
+    p.add_argument("--prepared", help="prepared dataset whose validation windows the attention is measured on "
+                   "(default: the first run's data.prepared)")
+    p.add_argument("--finetune-results", nargs=2, metavar=("A", "B"), help="two `randommask finetune --out` "
+                   "directories (or results.json), e.g. overlapping and non-overlapping k-mers")
+    p.add_argument("--windows", type=int, default=256, help="validation windows for attention (default 256)")
+    p.add_argument("--window-bp", type=int, help="window length (default: the run's data.window_bp, else 512)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="report directory: report.html, report.json, *.png")
+    add_storage_options(p)
+
+
+def _run_analyze(args: argparse.Namespace) -> None:
+    from randommask.analysis import analyze
+
+    r = analyze([args.run, *args.compare], args.out, prepared=args.prepared, finetune_results=args.finetune_results,
+                windows=args.windows, window_bp=args.window_bp, batch_size=args.batch_size, device=args.device,
+                storage_options=storage_options_from(args), show_progress=not args.no_progress)
+    for run in r["runs"]:
+        loss, emb, att = run.get("loss") or {}, run["embeddings"], run.get("attention")
+        line = f"{run['label']:<24}"
+        if loss.get("final_eval_span_k_loss") is not None:
+            line += f" eval span-k {loss['final_eval_span_k_loss']:.3f}"
+        line += f"  emb silhouette {emb['silhouette_central']:+.3f} kNN {emb['knn_central']:.3f}"
+        if att:
+            line += "  attention entropy by layer " + " ".join(f"{x:.2f}" for x in att["entropy_by_layer"])
+        print(line)
+    print(f"report   {os.path.join(args.out, 'report.html')} (.json, {', '.join(r['pngs'])})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="randommask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -243,12 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     _add_finetune(sub)
     _add_sweep(sub)
+    _add_analyze(sub)
     _add_bench(sub)
     return parser
 
 
 COMMANDS = {"demo": _run_demo, "data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune, "sweep": _run_sweep,
-            "bench": _run_bench}
+            "analyze": _run_analyze, "bench": _run_bench}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -259,3 +259,23 @@ def epoch_size(prepared: str, split: str = "train", window_bp: int = 512, seed: 
     """Windows one consumer gets in one epoch (what ``start_sample`` counts)."""
     return build_plan(prepared, split, window_bp, seed, epoch, max_n_fraction, num_shards, shard_index,
                       storage_options=storage_options).num_samples
+
+
+def validation_windows(prepared: str, window_bp: int, k: int = 6, stride: int = 1, limit: int = 1024,
+                       max_n_fraction: float = 0.1, storage_options: dict | None = None) -> np.ndarray:
+    """The first ``limit`` validation windows, tokenized, in genome order: the fixed set that
+    evaluation and analysis use. Read in this process (no Ray): it is small and must not wait for
+    cluster resources. Raises UserError when the dataset holds no validation window of this size."""
+    plan = build_plan(prepared, "validation", window_bp, max_n_fraction=max_n_fraction,
+                      storage_options=storage_options)
+    if not plan.num_samples:
+        raise UserError(f"{prepared}: no validation windows of {window_bp} bp (prepare with a larger --val-fraction "
+                        "or use shorter windows)")
+    read = _ReadChunk(prepared, window_bp, k, stride, 0, 0, False, 0.0, max_n_fraction, 0, storage_options)
+    rows, n = [], 0
+    for chunk in plan.chunks:
+        rows.append(read._one(chunk)["input_ids"])
+        n += len(rows[-1])
+        if n >= limit:
+            break
+    return np.concatenate(rows)[:limit]

@@ -383,20 +383,15 @@ class Worker:
 
     def _eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Fixed validation windows under span-k and span-2k masking, identical for every run."""
-        from randommask.data import pretraining_dataset
+        from randommask.data import validation_windows
 
         d = self.cfg.data
         try:
-            ds = pretraining_dataset(d.prepared, "validation", d.window_bp, d.k, d.stride,
-                                     storage_options=d.storage_options or None)
+            windows = validation_windows(d.prepared, d.window_bp, d.k, d.stride, self.cfg.run.eval_windows,
+                                         d.max_n_fraction, storage_options=d.storage_options or None)
         except UserError:
             return {}  # no validation windows (val_fraction 0 or windows too long)
-        rows = []
-        for b in ds.iter_batches(batch_size=1024, batch_format="numpy"):
-            rows.append(b["input_ids"])
-            if sum(len(r) for r in rows) >= self.cfg.run.eval_windows:
-                break
-        ids = torch.from_numpy(np.concatenate(rows)[: self.cfg.run.eval_windows]).long()
+        ids = torch.from_numpy(windows).long()
         k = d.k
         sets = {}
         for name, span in (("span_k", k), ("span_2k", 2 * k)):
