@@ -141,6 +141,13 @@ def test_finetune_through_tune_two_at_once_with_results_and_resume(ray_local, gu
     assert "4 already finished, 2 to run" in logs[0]
     assert all((out / "trials" / n).stat().st_mtime == m for n, m in before.items())
     assert all(row["seeds_ok"] == 3 for row in r2["datasets"])
+    # ...but never mixes in trials run with other settings
+    with pytest.raises(UserError, match="was run with lr=3e-05, not 0.001; use a new --out"):
+        finetune(str(checkpoint), str(gue_dir), "prom/prom_core_tata,mouse/2", str(out), seeds=3, max_train=200,
+                 max_eval=100, epochs=2, lr=1e-3)
+    with pytest.raises(UserError, match="max_train=200, not 300"):
+        finetune(str(checkpoint), str(gue_dir), "prom/prom_core_tata,mouse/2", str(out), seeds=3, max_train=300,
+                 max_eval=100, epochs=2)
 
 
 @pytest.mark.ray

@@ -333,10 +333,11 @@ def analyze(paths: list[str], out: str, prepared: str | None = None, finetune_re
         for s, entry, model, ids in zip(sources, report["runs"], models, inputs):
             att = attention_concentration(model, ids, batch_size=batch_size, device=device, progress=bar.update)
             attention[s.label] = att
+            ent, mx = att["entropy"].astype(np.float64), att["max_weight"].astype(np.float64)  # float32 prints noisily
             entry["attention"] = {
-                "entropy": att["entropy"].round(4).tolist(), "max_weight": att["max_weight"].round(4).tolist(),
-                "entropy_by_layer": att["entropy"].mean(axis=1).round(4).tolist(),
-                "max_weight_by_layer": att["max_weight"].mean(axis=1).round(4).tolist(),
+                "entropy": ent.round(4).tolist(), "max_weight": mx.round(4).tolist(),
+                "entropy_by_layer": ent.mean(axis=1).round(4).tolist(),
+                "max_weight_by_layer": mx.mean(axis=1).round(4).tolist(),
                 "windows": int(len(ids)), "tokens_per_window": int(ids.shape[1]),
             }
         bar.close()

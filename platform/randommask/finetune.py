@@ -181,6 +181,7 @@ def run_trial(p: dict[str, Any], report=None) -> dict[str, Any]:
         "dataset": ds.name, "task": ds.task, "seed": seed, "metric": ds.metric, "status": "ok",
         "test": {k: round(v, 5) for k, v in test.items()}, "dev_best": {k: round(v, 5) for k, v in best.items()},
         "best_epoch": best_epoch, "epochs": epochs, "lr": lr, "batch_size": batch, "lora": bool(p.get("lora")),
+        "max_train": p.get("max_train"), "max_eval": p.get("max_eval"),
         "max_tokens": max_len, "n_train": n_train, "n_dev": len(tensors["dev"][0]), "n_test": len(tensors["test"][0]),
         "history": history, "seconds": round(time.time() - t0, 1), "checkpoint": p["checkpoint"],
         "started": started, "finished": time.time(),
@@ -236,13 +237,17 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
     pairs = [(n, s) for n in present for s in range(seeds)]
     finished = {(n, s) for n, s in pairs if storage.exists(_trial_file(out, n, s), storage_options)}
     todo = [(n, s) for n, s in pairs if (n, s) not in finished]
+    # Trials get the checkpoint's own address: a remote one is fetched once on each node.
+    trial_ckpt = checkpoint if not storage.is_local(checkpoint) else local_ckpt
+    requested = dict(max_train=max_train, max_eval=max_eval, epochs=epochs, lr=lr, batch_size=batch_size, lora=lora,
+                     checkpoint=trial_ckpt)
+    for n, s in sorted(finished):  # a finished trial counts only if it ran with these settings
+        _check_same_settings(json.loads(storage.read_bytes(_trial_file(out, n, s), storage_options)), requested, out)
     log(f"finetune {len(pairs)} trial(s) ({len(present)} dataset(s) x {seeds} seed(s)); "
         f"{len(pairs) - len(todo)} already finished, {len(todo)} to run")
     failures: dict[tuple[str, int], str] = {}
     if todo:
-        # Trials get the checkpoint's own address: a remote one is fetched once on each node.
-        failures = _run_tune(todo, dict(checkpoint=checkpoint if not storage.is_local(checkpoint) else local_ckpt,
-                                        gue_dir=gue_dir, out=out, max_train=max_train,
+        failures = _run_tune(todo, dict(checkpoint=trial_ckpt, gue_dir=gue_dir, out=out, max_train=max_train,
                                         max_eval=max_eval, epochs=epochs, lr=lr, batch_size=batch_size, lora=lora,
                                         gpu=gpus_per_trial > 0, threads=max(1, int(cpus_per_trial)),
                                         storage_options=storage_options),
@@ -254,6 +259,17 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
     results = aggregate(trials, published, checkpoint)
     write_results(out, results, storage_options)
     return results
+
+
+def _check_same_settings(trial: dict[str, Any], requested: dict[str, Any], out: str) -> None:
+    """A rerun reuses finished trials: refuse when they were run with other settings, rather than mix them."""
+    ds = gue.REGISTRY[trial["dataset"]]
+    want = {**requested, "epochs": requested["epochs"] or ds.epochs, "lr": float(requested["lr"] or ds.lr),
+            "batch_size": requested["batch_size"] or ds.batch_size, "lora": bool(requested["lora"])}
+    for key, value in want.items():
+        if key in trial and trial[key] != value:
+            raise UserError(f"{out}: trial {trial['dataset']} seed {trial['seed']} was run with {key}={trial[key]}, "
+                            f"not {value}; use a new --out (or the same settings) so results are not mixed")
 
 
 def _run_tune(todo: list[tuple[str, int]], common: dict, cpus: float, gpus: float) -> dict[tuple[str, int], str]:
