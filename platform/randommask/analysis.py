@@ -75,8 +75,8 @@ def load_source(path: str, storage_options: dict | None = None) -> Source:
         model_path = storage.join(run, "final")
     try:
         model_dir = node_checkpoint(model_path, storage_options)
-    except UserError as e:
-        raise UserError(f"analyze {path}: {e}") from None
+    except UserError as e:  # resolve_checkpoint speaks of --checkpoint; here it is the positional argument
+        raise UserError(f"{str(e).replace('--checkpoint ', '', 1)} (give a run directory or a model directory)") from None
     return Source(label=_label(path), path=path, model_dir=model_dir, history=history, config=config)
 
 
