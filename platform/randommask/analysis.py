@@ -175,11 +175,11 @@ def input_embeddings(model_dir: str) -> tuple[np.ndarray, int]:
 
     k = KmerTokenizer.from_pretrained(model_dir).k
     weights = Path(model_dir) / "model.safetensors"
-    if weights.is_file():
-        state = load_file(str(weights))
-        key = next(x for x in state if x.endswith("embeddings.word_embeddings.weight"))
+    state = load_file(str(weights)) if weights.is_file() else {}
+    key = next((x for x in state if x.endswith("embeddings.word_embeddings.weight")), None)
+    if key is not None:
         table = state[key]
-    else:
+    else:  # sharded or .bin checkpoints: let transformers find the table
         from transformers import AutoModelForMaskedLM
 
         table = AutoModelForMaskedLM.from_pretrained(model_dir).get_input_embeddings().weight.detach()
