@@ -11,7 +11,7 @@ import torch
 
 from randommask import KmerTokenizer, gue
 from randommask.errors import UserError
-from randommask.finetune import finetune, resolve_checkpoint, run_trial
+from randommask.finetune import finetune, node_checkpoint, resolve_checkpoint, run_trial
 from randommask.model import build_mlm
 
 from conftest import SHARED
@@ -171,6 +171,20 @@ def test_finetune_from_s3_to_s3_skips_finished_trials_on_rerun(ray_local, gue_di
     assert "1 already finished, 1 to run" in logs[0]
     assert (out / "trials" / "mouse_2__seed0.json").read_bytes() == first
     assert r2["datasets"][0]["seeds_ok"] == 2
+
+
+def test_a_remote_checkpoint_is_fetched_once_per_node_and_again_when_rewritten(checkpoint, s3):
+    bucket = s3.bucket("nodeckpt")
+    shutil.copytree(checkpoint, bucket / "run" / "final")
+    first = node_checkpoint("s3://nodeckpt/run/final")
+    assert node_checkpoint("s3://nodeckpt/run/final") == first  # cached on this node
+    torch.manual_seed(1)
+    build_mlm("tiny").save_pretrained(bucket / "run" / "final")  # a resumed run rewrote final/
+    second = node_checkpoint("s3://nodeckpt/run/final")
+    assert second != first
+    assert (Path(second) / "model.safetensors").read_bytes() == (bucket / "run" / "final" / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="no such checkpoint"):
+        node_checkpoint("s3://nodeckpt/absent")
 
 
 @pytest.mark.ray

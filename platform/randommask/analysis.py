@@ -41,11 +41,18 @@ class Source:
     config: dict | None = None
 
 
-def _label(path: str) -> str:
-    parts = [p for p in path.rstrip("/").split("/") if p]
-    while len(parts) > 1 and (parts[-1] in ("final", "model", "checkpoint") or parts[-1].startswith("step_")):
+def _run_candidates(path: str) -> list[str]:
+    """``path`` and, for a final/, model/ or step_*/ inside a run directory, its ancestors up to the run."""
+    out, parts = [path.rstrip("/")], path.rstrip("/").split("/")
+    while len(parts) > 1 and (parts[-1] in ("final", "model") or parts[-1].startswith("step_")):
         parts.pop()
-    return parts[-1] if parts else path
+        out.append("/".join(parts))
+    return out
+
+
+def _label(path: str) -> str:
+    """A run's name: the directory above any final/, model/ or step_*/."""
+    return _run_candidates(path)[-1].rsplit("/", 1)[-1] or path
 
 
 def load_source(path: str, storage_options: dict | None = None) -> Source:
@@ -57,13 +64,8 @@ def load_source(path: str, storage_options: dict | None = None) -> Source:
     from randommask.train import read_jsonl
 
     run = path.rstrip("/")
-    candidates, parts = [run], run.split("/")
-    # a final/, model/ or step_*/ inside a run directory: its run is the nearest such ancestor
-    while len(parts) > 1 and (parts[-1] in ("final", "model") or parts[-1].startswith("step_")):
-        parts.pop()
-        candidates.append("/".join(parts))
     history, config, run_dir = [], None, None
-    for c in candidates:
+    for c in _run_candidates(path):
         if storage.exists(storage.join(c, "metrics.jsonl"), storage_options):
             run_dir = c
             history = read_jsonl(storage.join(c, "metrics.jsonl"))
@@ -199,7 +201,7 @@ def attention_row_stats(attn: torch.Tensor, mask: torch.Tensor) -> tuple[torch.T
     ent = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1)  # (B, H, L)
     norm = ent / torch.log(n.clamp_min(2))[:, None, None]
     rows = m[:, None, :]  # valid queries
-    return (norm * rows).sum(dim=(0, 2)), (p.amax(dim=-1) * rows).sum(dim=(0, 2)), m.sum() * torch.ones(())
+    return (norm * rows).sum(dim=(0, 2)), (p.amax(dim=-1) * rows).sum(dim=(0, 2)), m.sum()
 
 
 @torch.no_grad()
@@ -231,15 +233,16 @@ def attention_concentration(model: torch.nn.Module, input_ids: torch.Tensor, att
     return {"entropy": (ent_sum / rows).numpy(), "max_weight": (max_sum / rows).numpy()}
 
 
-def analysis_windows(prepared: str, window_bp: int, k: int, stride: int, limit: int,
-                     max_positions: int, storage_options: dict | None = None) -> torch.Tensor:
+def analysis_windows(prepared: str, window_bp: int, tok, limit: int, max_positions: int,
+                     storage_options: dict | None = None) -> torch.Tensor:
+    """The first ``limit`` fixed validation windows, tokenized with ``tok`` (a KmerTokenizer)."""
     from randommask.data import validation_windows
 
-    tokens = (window_bp - k) // stride + 1 + 2
+    tokens = tok.num_tokens(window_bp)
     if tokens > max_positions:
         raise UserError(f"--window-bp {window_bp} gives {tokens} tokens, more than the model's {max_positions} "
                         "positions; use a shorter window")
-    return torch.from_numpy(validation_windows(prepared, window_bp, k, stride, limit,
+    return torch.from_numpy(validation_windows(prepared, window_bp, tok.k, tok.stride, limit,
                                                storage_options=storage_options)).long()
 
 
@@ -326,8 +329,8 @@ def analyze(paths: list[str], out: str, prepared: str | None = None, finetune_re
         for s in sources:  # every window set first: the bar's total is what will run
             tok = KmerTokenizer.from_pretrained(s.model_dir)
             models.append(AutoModelForMaskedLM.from_pretrained(s.model_dir, attn_implementation="eager"))
-            inputs.append(analysis_windows(data, wbp, tok.k, tok.stride, windows,
-                                           models[-1].config.max_position_embeddings, storage_options))
+            inputs.append(analysis_windows(data, wbp, tok, windows, models[-1].config.max_position_embeddings,
+                                           storage_options))
         report["windows"] = int(min(len(x) for x in inputs))  # fewer than asked when the split is small
         bar = tqdm(total=sum(len(x) for x in inputs), desc="attention", unit="window", disable=not show_progress)
         for s, entry, model, ids in zip(sources, report["runs"], models, inputs):

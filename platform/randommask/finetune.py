@@ -73,8 +73,14 @@ def node_checkpoint(ckpt: str, storage_options: dict | None = None) -> str:
     other pods than the driver and cannot read its disk. Concurrent trials race safely (rename)."""
     if storage.is_local(ckpt):
         return resolve_checkpoint(ckpt)
+    fs, path = storage.filesystem(ckpt, storage_options)
+    try:  # keyed by the objects' identities too: a checkpoint rewritten under the same URI is fetched anew
+        listing = sorted((k, v.get("size"), v.get("ETag") or v.get("LastModified") or v.get("mtime"))
+                         for k, v in fs.find(path, detail=True).items())
+    except Exception as e:
+        raise UserError(storage.describe_error(e, ckpt)) from None
     root = Path(tempfile.gettempdir()) / "randommask-checkpoints"
-    final = root / hashlib.sha1(ckpt.encode()).hexdigest()[:16]
+    final = root / hashlib.sha1(repr((ckpt, listing)).encode()).hexdigest()[:16]
     if not final.is_dir():
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=".download-"))
@@ -235,14 +241,15 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
             raise UserError("--lora needs peft: pip install peft") from None
 
     pairs = [(n, s) for n in present for s in range(seeds)]
-    finished = {(n, s) for n, s in pairs if storage.exists(_trial_file(out, n, s), storage_options)}
-    todo = [(n, s) for n, s in pairs if (n, s) not in finished]
     # Trials get the checkpoint's own address: a remote one is fetched once on each node.
     trial_ckpt = checkpoint if not storage.is_local(checkpoint) else local_ckpt
     requested = dict(max_train=max_train, max_eval=max_eval, epochs=epochs, lr=lr, batch_size=batch_size, lora=lora,
                      checkpoint=trial_ckpt)
-    for n, s in sorted(finished):  # a finished trial counts only if it ran with these settings
-        _check_same_settings(json.loads(storage.read_bytes(_trial_file(out, n, s), storage_options)), requested, out)
+    finished = {pair: _read_trial(out, *pair, storage_options) for pair in pairs}
+    finished = {pair: t for pair, t in finished.items() if t is not None}
+    for t in finished.values():  # a finished trial counts only if it ran with these settings
+        _check_same_settings(t, requested, out)
+    todo = [pair for pair in pairs if pair not in finished]
     log(f"finetune {len(pairs)} trial(s) ({len(present)} dataset(s) x {seeds} seed(s)); "
         f"{len(pairs) - len(todo)} already finished, {len(todo)} to run")
     failures: dict[tuple[str, int], str] = {}
@@ -252,13 +259,18 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
                                         gpu=gpus_per_trial > 0, threads=max(1, int(cpus_per_trial)),
                                         storage_options=storage_options),
                              cpus_per_trial, gpus_per_trial)
-    trials = [json.loads(storage.read_bytes(_trial_file(out, n, s), storage_options)) for n, s in pairs
-              if (n, s) in finished or storage.exists(_trial_file(out, n, s), storage_options)]
+    trials = [finished.get(pair) or _read_trial(out, *pair, storage_options) for pair in pairs]
+    trials = [t for t in trials if t is not None]
     for (n, s), err in failures.items():
         trials.append({"dataset": n, "seed": s, "status": "failed", "error": err})
     results = aggregate(trials, published, checkpoint)
     write_results(out, results, storage_options)
     return results
+
+
+def _read_trial(out: str, name: str, seed: int, storage_options: dict | None) -> dict[str, Any] | None:
+    path = _trial_file(out, name, seed)
+    return json.loads(storage.read_bytes(path, storage_options)) if storage.exists(path, storage_options) else None
 
 
 def _check_same_settings(trial: dict[str, Any], requested: dict[str, Any], out: str) -> None:
