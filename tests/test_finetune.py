@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from randommask import KmerTokenizer, gue
+from randommask import KmerTokenizer, gue, storage
 from randommask.errors import UserError
 from randommask.finetune import finetune, node_checkpoint, resolve_checkpoint, run_trial
 from randommask.model import build_mlm
@@ -173,16 +173,19 @@ def test_finetune_from_s3_to_s3_skips_finished_trials_on_rerun(ray_local, gue_di
     assert r2["datasets"][0]["seeds_ok"] == 2
 
 
-def test_a_remote_checkpoint_is_fetched_once_per_node_and_again_when_rewritten(checkpoint, s3):
-    bucket = s3.bucket("nodeckpt")
-    shutil.copytree(checkpoint, bucket / "run" / "final")
+def test_a_remote_checkpoint_is_fetched_once_per_node_and_again_when_rewritten(checkpoint, s3, tmp_path):
+    # through the S3 API, as a run writes it (rclone's own listing cache would hide files made on its disk)
+    fs, _ = storage.filesystem("s3://nodeckpt")
+    fs.mkdir("nodeckpt")
+    fs.put(f"{checkpoint}/", "nodeckpt/run/final/", recursive=True)
     first = node_checkpoint("s3://nodeckpt/run/final")
     assert node_checkpoint("s3://nodeckpt/run/final") == first  # cached on this node
     torch.manual_seed(1)
-    build_mlm("tiny").save_pretrained(bucket / "run" / "final")  # a resumed run rewrote final/
+    build_mlm("tiny").save_pretrained(tmp_path / "new")
+    fs.put_file(str(tmp_path / "new" / "model.safetensors"), "nodeckpt/run/final/model.safetensors")  # rewritten
     second = node_checkpoint("s3://nodeckpt/run/final")
     assert second != first
-    assert (Path(second) / "model.safetensors").read_bytes() == (bucket / "run" / "final" / "model.safetensors").read_bytes()
+    assert (Path(second) / "model.safetensors").read_bytes() == (tmp_path / "new" / "model.safetensors").read_bytes()
     with pytest.raises(UserError, match="no such checkpoint"):
         node_checkpoint("s3://nodeckpt/absent")
 

@@ -75,6 +75,7 @@ def node_checkpoint(ckpt: str, storage_options: dict | None = None) -> str:
         return resolve_checkpoint(ckpt)
     fs, path = storage.filesystem(ckpt, storage_options)
     try:  # keyed by the objects' identities too: a checkpoint rewritten under the same URI is fetched anew
+        fs.invalidate_cache()  # a fresh listing, not one cached earlier in this process (buckets included)
         listing = sorted((k, v.get("size"), v.get("ETag") or v.get("LastModified") or v.get("mtime"))
                          for k, v in fs.find(path, detail=True).items())
     except Exception as e:
