@@ -67,3 +67,13 @@ def ray_local(s3):
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prepared(ray_local, ecoli, tmp_path_factory):
+    """E. coli 536 prepared once for the session (1% validation, the default)."""
+    from randommask.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "ecoli"
+    prepare([str(ecoli)], str(out), show_progress=False)
+    return str(out)

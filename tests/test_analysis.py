@@ -20,7 +20,6 @@ from randommask.analysis import (attention_concentration, attention_row_stats, f
 from randommask.config import load_config
 from randommask.errors import UserError
 from randommask.model import build_mlm
-from randommask.prepare import prepare
 from randommask.train import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,8 +128,21 @@ def test_loss_dynamics_tells_an_early_collapse_from_steady_learning():
     c, s = loss_dynamics(collapse), loss_dynamics(steady)
     assert c["early_drop_fraction"] > 0.95 and 0.05 < s["early_drop_fraction"] < 0.15
     assert c["phase_jumps"] == [] and [j["step"] for j in s["phase_jumps"]] == [505]
-    assert s["final_eval_span_k_loss"] == 2.5 and s["steps"] == 1000
+    assert s["final_eval_span_k_loss"] == 2.5 and s["steps"] == 1000 and s["loss_key"] == "loss"
     assert loss_dynamics([]) == {}
+
+
+def test_loss_dynamics_reads_mask_only_losses_between_the_floors():
+    history = [{"step": s, "loss": 5.0, "mask_loss": 8.0 - s / 1000, "mask_acc": 0.1, "span_max": 6}
+               for s in range(100, 4001, 100)]
+    history[-1].update(eval_span_k_mask_loss=4.5, eval_span_k_loss=3.0, eval_span_2k_mask_loss=6.0)
+    floors = {"k": 6, "context_free": 8.0, "eval_span_k_overlap": 1.5}
+    d = loss_dynamics(history, floors)
+    assert d["loss_key"] == "mask_loss" and d["final_loss"] == pytest.approx(4.0 + 0.15, abs=0.1)
+    assert d["final_eval_span_k_mask_loss"] == 4.5 and d["final_eval_span_k_loss"] == 3.0
+    assert d["floor_context_free"] == 8.0 and d["below_context_free"] == pytest.approx(3.5)
+    assert d["collapse_progress"] == pytest.approx(3.5 / 6.5)  # 0 at the context-free floor, 1 at the reference
+    assert "collapse_progress" not in loss_dynamics(history)
 
 
 def test_finetune_comparison_table(tmp_path):
@@ -154,11 +166,9 @@ def test_finetune_comparison_table(tmp_path):
 
 # ---- end to end -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def two_tiny_runs(ray_local, ecoli, tmp_path_factory):
+def two_tiny_runs(prepared, tmp_path_factory):
     """RandomMask and DNABERT-style span masking, otherwise identical, equal length."""
     root = tmp_path_factory.mktemp("analysis")
-    prepared = root / "prepared"
-    prepare([str(ecoli)], str(prepared), show_progress=False)
     common = [f"data.prepared={prepared}", f"run.storage_path={root / 'runs'}", "optim.max_steps=60",
               "masking.phase_ends=[12,24,36,48,60]", "run.eval_every=20", "run.checkpoint_every=60",
               "run.eval_windows=32", "observability.progress=false"]
@@ -183,6 +193,9 @@ def test_analyze_compares_two_real_tiny_runs(two_tiny_runs, tmp_path):
     assert set(runs) == {"randommask", "span"}
     for r in runs.values():
         assert r["loss"]["steps"] == 60 and r["loss"]["final_eval_span_k_loss"] > 0
+        assert r["loss"]["loss_key"] == "mask_loss" and r["loss"]["final_eval_span_k_mask_loss"] > 0
+        assert r["floors"]["context_free"] == pytest.approx(8.17, abs=0.03)  # the run's floors.json
+        assert r["loss"]["floor_context_free"] == r["floors"]["context_free"] and "collapse_progress" in r["loss"]
         att = np.array(r["attention"]["entropy"])
         assert att.shape == (2, 2) and np.all((att >= 0) & (att <= 1))
         assert r["attention"]["windows"] == 24 and r["attention"]["tokens_per_window"] == 125
@@ -196,6 +209,7 @@ def test_analyze_compares_two_real_tiny_runs(two_tiny_runs, tmp_path):
         assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 600
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "randommask" in page and "span" in page
+    assert "context-free floor" in page and "collapse progress" in page
 
 
 @pytest.mark.ray

@@ -26,14 +26,18 @@ def test_bench_tokenize_mask_and_mlm_step_print_json(ecoli):
 
 
 def test_demo_prepares_and_pretrains_on_the_real_genome(ecoli, tmp_path):
-    """The demo's path (make demo), shortened: prepare, pretrain, summary."""
-    tiny = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "pretrain-tiny.yaml"
-    out = subprocess.run([sys.executable, "-m", "randommask", "demo", "--genome", str(ecoli), "--config", str(tiny),
+    """The demo's path (make demo) with its own config, shortened: prepare, pretrain, and a summary
+    that puts the [MASK]-only losses beside both floors."""
+    out = subprocess.run([sys.executable, "-m", "randommask", "demo", "--genome", str(ecoli),
                           "--set", "optim.max_steps=10", "--set", "masking.phase_ends=[2,4,6,8,10]"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4,938,920 bp prepared into outputs/prepared/ecoli_536" in out.stdout
     assert "done     10/10 steps" in out.stdout
+    assert "eval     on [MASK] inputs, fixed validation masks: span-k " in out.stdout
+    floors = next(line for line in out.stdout.splitlines() if line.startswith("floors   "))
+    assert "context-free floor 8.1" in floors and "overlap floor ~1.7" in floors  # 24-bp windows: edges hide more
+    assert "nats below the context-free floor" in out.stdout
     final = next((tmp_path / "outputs" / "runs").glob("demo-*/final"))
     assert (final / "model.safetensors").exists() and (final / "vocab.txt").exists()
 

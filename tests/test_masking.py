@@ -71,6 +71,23 @@ def test_replacement_proportions():
     assert rnd.min() < NUM_SPECIAL + 200 and rnd.max() > VOCAB - 200
 
 
+@pytest.mark.parametrize("p_mask, p_rand", [(1.0, 0.0), (0.9, 0.0), (0.0, 1.0), (0.0, 0.0), (0.5, 0.5)])
+def test_replacement_shares_may_be_all_or_nothing(p_mask, p_rand):
+    """mask_token_prob=1 (every selected token is [MASK]) and random_token_prob=0 are valid: no
+    division by zero, and the shares are what was asked."""
+    ids = batch(512, specials=False)
+    masker = make_masker("bert", K, mask_prob=0.5, mask_token_prob=p_mask, random_token_prob=p_rand)
+    inputs, labels = masker(ids, 0, torch.Generator().manual_seed(2))
+    sel = labels != -100
+    n = sel.sum().item()
+    masked = ((inputs == MASK) & sel).sum().item() / n
+    kept = ((inputs == ids) & sel).sum().item() / n
+    assert abs(masked - p_mask) < 0.01 and abs(kept - (1 - p_mask - p_rand)) < 0.01
+    assert (inputs[~sel] == ids[~sel]).all() and inputs.min() >= MASK and inputs.max() < VOCAB
+    again, _ = masker(ids, 0, torch.Generator().manual_seed(2))
+    assert torch.equal(inputs, again)
+
+
 @settings(max_examples=200, deadline=None)
 @given(length=st.integers(1, 40), data=st.data())
 def test_cover_spans_matches_loop(length, data):
@@ -176,6 +193,7 @@ def test_runs_on_cuda():
     ("bert", {"mask_prob": 0}, "mask_prob"),
     ("span", {"centre_prob": -0.1}, "centre_prob"),
     ("bert", {"mask_token_prob": 1.2}, "mask_token_prob"),
+    ("bert", {"random_token_prob": -0.1}, "random_token_prob"),
     ("bert", {"mask_token_prob": 0.8, "random_token_prob": 0.3}, "at most 1"),
     ("randommask", {"phase_ends": []}, "phase_ends"),
     ("randommask", {"phase_ends": [10, 10]}, "strictly increasing"),

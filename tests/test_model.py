@@ -4,8 +4,8 @@ from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM
 
 from randommask import KmerTokenizer
 from randommask.masking import make_masker
-from randommask.model import SparseMLM, build_config, build_mlm, mlm_forward, mlm_loss, unwrap_mlm
-from randommask.tokenizer import CLS, NUM_SPECIAL, PAD, SEP
+from randommask.model import STATS, SparseMLM, build_config, build_mlm, mlm_forward, mlm_loss, unwrap_mlm
+from randommask.tokenizer import CLS, MASK, NUM_SPECIAL, PAD, SEP
 
 
 def masked_batch(k=6, b=6, length=96, seed=0, strategy="span"):
@@ -57,15 +57,22 @@ def test_sparse_loss_equals_full_vocabulary_loss(k, strategy):
     assert torch.allclose(g_ours, g_hf, atol=1e-6)
 
 
-def test_forward_reports_accuracy_and_wrappers_agree():
+def test_forward_reports_accuracy_and_mask_only_figures_and_wrappers_agree():
     torch.manual_seed(0)
     model = build_mlm("tiny").eval()
     inputs, labels, attn = masked_batch()
-    loss, correct, n = mlm_forward(model, inputs, labels, attn)
-    assert n.item() == (labels != -100).sum().item()
-    logits = model(input_ids=inputs, attention_mask=attn).logits
+    loss, stats = mlm_forward(model, inputs, labels, attn)
+    s = dict(zip(STATS, stats.tolist()))
     sel = labels != -100
-    assert correct.item() == (logits[sel].argmax(-1) == labels[sel]).sum().item()
+    assert s["selected"] == sel.sum().item()
+    logits = model(input_ids=inputs, attention_mask=attn).logits
+    assert s["correct"] == (logits[sel].argmax(-1) == labels[sel]).sum().item()
+    # the [MASK]-only figures are exactly those of the labelled positions whose input is [MASK]
+    at_mask = sel & (inputs == MASK)
+    assert 0 < s["mask_selected"] == at_mask.sum().item() < s["selected"]
+    ce = torch.nn.functional.cross_entropy(logits[at_mask], labels[at_mask], reduction="sum")
+    assert abs(s["mask_loss_sum"] - ce.item()) < 1e-3
+    assert s["mask_correct"] == (logits[at_mask].argmax(-1) == labels[at_mask]).sum().item()
     wrapped = SparseMLM(model)
     assert torch.allclose(mlm_loss(wrapped, inputs, labels, attn), loss)
     assert unwrap_mlm(wrapped) is model

@@ -39,6 +39,7 @@ class Source:
     model_dir: str
     history: list[dict] = field(default_factory=list)
     config: dict | None = None
+    floors: dict | None = None
 
 
 def _run_candidates(path: str) -> list[str]:
@@ -64,13 +65,15 @@ def load_source(path: str, storage_options: dict | None = None) -> Source:
     from randommask.train import read_jsonl
 
     run = path.rstrip("/")
-    history, config, run_dir = [], None, None
+    history, config, run_dir, floors = [], None, None, None
     for c in _run_candidates(path):
         if storage.exists(storage.join(c, "metrics.jsonl"), storage_options):
             run_dir = c
             history = read_jsonl(storage.join(c, "metrics.jsonl"))
             if storage.exists(storage.join(c, "config.yaml"), storage_options):
                 config = yaml.safe_load(storage.read_bytes(storage.join(c, "config.yaml"), storage_options))
+            if storage.exists(storage.join(c, "floors.json"), storage_options):
+                floors = json.loads(storage.read_bytes(storage.join(c, "floors.json"), storage_options))
             break
     model_path = path
     if run_dir == run and not storage.is_local(run):  # a remote run: fetch only its final model
@@ -79,28 +82,32 @@ def load_source(path: str, storage_options: dict | None = None) -> Source:
         model_dir = node_checkpoint(model_path, storage_options)
     except UserError as e:  # resolve_checkpoint speaks of --checkpoint; here it is the positional argument
         raise UserError(f"{str(e).replace('--checkpoint ', '', 1)} (give a run directory or a model directory)") from None
-    return Source(label=_label(path), path=path, model_dir=model_dir, history=history, config=config)
+    return Source(label=_label(path), path=path, model_dir=model_dir, history=history, config=config, floors=floors)
 
 
 # ---- 1. loss dynamics ---------------------------------------------------------------------------
-def loss_dynamics(history: list[dict]) -> dict[str, Any]:
-    """Numbers from a metrics.jsonl history (rank-0 log lines, plus evaluation lines)."""
-    train = [x for x in history if "loss" in x]
+def loss_dynamics(history: list[dict], floors: dict | None = None) -> dict[str, Any]:
+    """Numbers from a metrics.jsonl history (rank-0 log lines, plus evaluation lines), on [MASK]
+    inputs where the history has them (older runs: all labelled positions), placed between the
+    run's floors (floors.json) when given."""
+    key = "mask_loss" if any(x.get("mask_loss") is not None for x in history) else "loss"
+    train = [x for x in history if x.get(key) is not None]
     if not train:
         return {}
     steps = np.array([x["step"] for x in train], dtype=float)
-    loss = np.array([x["loss"] for x in train], dtype=float)
+    loss = np.array([x[key] for x in train], dtype=float)
     tail = max(1, len(loss) // 10)
     first, last = float(loss[:tail].mean()), float(loss[-tail:].mean())
     # How much of the whole decrease happened in the first tenth of training: near 1 is the paper's
     # "collapse" (the task is solved early and the rest of training learns little).
     early = float(np.interp(steps[0] + 0.1 * (steps[-1] - steps[0]), steps, loss))
     out: dict[str, Any] = {
-        "steps": int(steps[-1]), "initial_loss": first, "final_loss": last,
+        "steps": int(steps[-1]), "loss_key": key, "initial_loss": first, "final_loss": last,
         "early_drop_fraction": (first - early) / (first - last) if first - last > 1e-9 else None,
     }
-    if "acc" in train[-1]:
-        out["final_masked_accuracy"] = float(np.mean([x["acc"] for x in train[-tail:]]))
+    acc_key = "mask_acc" if key == "mask_loss" else "acc"
+    if train[-1].get(acc_key) is not None:
+        out["final_masked_accuracy"] = float(np.mean([x[acc_key] for x in train[-tail:] if x.get(acc_key) is not None]))
     # The curriculum's footprint: the change of training loss across each widening of the spans.
     if "span_max" in train[0]:
         spans = np.array([x["span_max"] for x in train])
@@ -109,11 +116,28 @@ def loss_dynamics(history: list[dict]) -> dict[str, Any]:
             before, after = loss[max(0, i - 3):i], loss[i:i + 3]
             jumps.append({"step": int(steps[i]), "span": int(spans[i]), "loss_change": float(after.mean() - before.mean())})
         out["phase_jumps"] = jumps
-    for key in ("eval_span_k_loss", "eval_span_2k_loss", "eval_span_k_acc", "eval_span_2k_acc"):
-        evals = [x[key] for x in history if key in x]
+    for metric in ("eval_span_k_mask_loss", "eval_span_2k_mask_loss", "eval_span_k_mask_acc", "eval_span_2k_mask_acc",
+                   "eval_span_k_loss", "eval_span_2k_loss", "eval_span_k_acc", "eval_span_2k_acc"):
+        evals = [x[metric] for x in history if x.get(metric) is not None]
         if evals:
-            out[f"final_{key}"] = float(evals[-1])
-            out[f"best_{key}"] = float(min(evals) if key.endswith("loss") else max(evals))
+            out[f"final_{metric}"] = float(evals[-1])
+            out[f"best_{metric}"] = float(min(evals) if metric.endswith("loss") else max(evals))
+    out.update(between_floors(out.get("final_eval_span_k_mask_loss"), floors))
+    return out
+
+
+def between_floors(loss: float | None, floors: dict | None) -> dict[str, Any]:
+    """Where a span-k [MASK]-only loss stands: ``floor_context_free`` and ``floor_span_k_overlap``
+    beside it, ``below_context_free`` (nats) and ``collapse_progress`` (0 at the context-free floor,
+    1 at the overlap reference)."""
+    if not floors or floors.get("context_free") is None:
+        return {}
+    top, ref = floors["context_free"], floors.get("eval_span_k_overlap")
+    out = {"floor_context_free": top, "floor_span_k_overlap": ref}
+    if loss is not None:
+        out["below_context_free"] = top - loss
+        if ref is not None and top > ref:
+            out["collapse_progress"] = (top - loss) / (top - ref)
     return out
 
 
@@ -308,7 +332,8 @@ def analyze(paths: list[str], out: str, prepared: str | None = None, finetune_re
     attention = {}
     for s in sources:
         entry: dict[str, Any] = {"label": s.label, "path": s.path, "model": s.model_dir,
-                                 "loss": loss_dynamics(s.history) if s.history else None}
+                                 "loss": loss_dynamics(s.history, s.floors) if s.history else None,
+                                 "floors": s.floors}
         emb, k = input_embeddings(s.model_dir)
         stats = kmer_embedding_stats(emb, k)
         emb_stats[s.label] = stats
@@ -347,7 +372,9 @@ def analyze(paths: list[str], out: str, prepared: str | None = None, finetune_re
 
     pngs = {}
     if any(s.history for s in sources):
-        pngs["loss_dynamics.png"] = plots.loss_dynamics_png({s.label: s.history for s in sources if s.history})
+        # The floors of the first run that has them: runs compared side by side share data and windows.
+        pngs["loss_dynamics.png"] = plots.loss_dynamics_png({s.label: s.history for s in sources if s.history},
+                                                            next((s.floors for s in sources if s.floors), None))
     pngs["kmer_embeddings.png"] = plots.kmer_pca_png({lab: (st["pca"]["xy"], st["gc"], st["central"],
                                                             st["pca"]["explained_variance"])
                                                       for lab, st in emb_stats.items()})
@@ -401,17 +428,23 @@ def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
         "What each number means: docs/analysis.md.</p>",
         "<h2>1. Loss dynamics</h2>",
     ]
-    loss_rows = [[r["label"], r["loss"].get("steps"), r["loss"].get("initial_loss"), r["loss"].get("final_loss"),
-                  r["loss"].get("early_drop_fraction"), r["loss"].get("final_eval_span_k_loss"),
-                  r["loss"].get("final_eval_span_2k_loss"), r["loss"].get("final_eval_span_k_acc")]
+    loss_rows = [[r["label"], r["loss"].get("steps"), r["loss"].get("final_eval_span_k_mask_loss"),
+                  r["loss"].get("floor_context_free"), r["loss"].get("floor_span_k_overlap"),
+                  r["loss"].get("collapse_progress"), r["loss"].get("final_eval_span_2k_mask_loss"),
+                  r["loss"].get("final_eval_span_k_mask_acc"), r["loss"].get("initial_loss"), r["loss"].get("final_loss"),
+                  r["loss"].get("early_drop_fraction")]
                  for r in runs if r.get("loss")]
     if loss_rows:
-        parts.append(_table(["run", "steps", "initial loss", "final loss", "early drop fraction",
-                             "eval span-k loss", "eval span-2k loss", "eval span-k acc"], loss_rows))
-        parts.append("<p class='note'>Early drop fraction: share of the whole training-loss decrease reached "
-                     "in the first tenth of the steps (near 1: the loss collapsed early). The validation losses use "
-                     "the same windows and masks for every run, so they compare across schedules; training losses "
-                     "do not.</p>")
+        parts.append(_table(["run", "steps", "eval span-k [MASK] loss", "context-free floor", "span-k overlap ref.",
+                             "collapse progress", "eval span-2k [MASK] loss", "eval span-k [MASK] acc",
+                             "initial train loss", "final train loss", "early drop fraction"], loss_rows))
+        parts.append("<p class='note'>Losses on positions whose input is [MASK] (a kept token shows its own label, "
+                     "so all-label losses reward copying). First read each run between its floors: the context-free "
+                     "floor is what k-mer frequencies alone score, the overlap reference what reading the hidden base "
+                     "off its neighbours scores (approximate); collapse progress is 0 at the first and 1 at the "
+                     "second. Early drop fraction: share of the whole training-loss decrease reached in the first "
+                     "tenth of the steps. The validation losses use the same windows and masks for every run, so "
+                     "they compare across schedules; training losses do not.</p>")
         parts.append(_img(pngs, "loss_dynamics.png", "loss dynamics"))
     else:
         parts.append("<p>No metrics.jsonl found (checkpoints only).</p>")

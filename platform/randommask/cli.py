@@ -69,7 +69,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="prepare a genome and run a local RandomMask pretraining (make demo)")
     p.add_argument("--genome", help="FASTA file or URL (default: ../shared/data/genomes/ecoli_536.fna.gz)")
-    p.add_argument("--config", default=str(REPO / "jobs" / "configs" / "pretrain-small.yaml"))
+    p.add_argument("--config", default=str(REPO / "jobs" / "configs" / "demo-cpu.yaml"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
 
 
@@ -121,10 +121,22 @@ def _pretrain_and_report(cfg) -> None:
     minutes, seconds = divmod(int(s["seconds"]), 60)
     print(f"done     {s['step']}/{s['max_steps']} steps, {s['tokens']:,} tokens in {minutes}m{seconds:02d}s")
     if s["train_loss"] is not None:
-        ev = ""
-        if s["eval_span_k_loss"] is not None:
-            ev = f" | eval span-k {s['eval_span_k_loss']:.3f} | eval span-2k {s['eval_span_2k_loss']:.3f}"
-        print(f"loss     train {s['train_loss']:.3f}{ev}")
+        mask = f"{s['train_mask_loss']:.3f}" if s["train_mask_loss"] is not None else "-"
+        print(f"loss     train on [MASK] inputs {mask} (all labelled positions {s['train_loss']:.3f})")
+    if s["eval_span_k_mask_loss"] is not None:
+        print(f"eval     on [MASK] inputs, fixed validation masks: span-k {s['eval_span_k_mask_loss']:.3f} "
+              f"(acc {s['eval_span_k_mask_acc']:.3f}) | span-2k {s['eval_span_2k_mask_loss']:.3f} "
+              f"(acc {s['eval_span_2k_mask_acc']:.3f})")
+    f = s["floors"] or {}
+    if f.get("context_free") is not None:
+        line = f"floors   context-free floor {f['context_free']:.3f} ({f['k']}-mer frequencies, no context)"
+        if f.get("eval_span_k_overlap") is not None:
+            line += f" | span-k overlap floor ~{f['eval_span_k_overlap']:.3f} (hidden base read off its neighbours, approx.)"
+        print(line)
+        if s["eval_span_k_mask_loss"] is not None:
+            gap = f["context_free"] - s["eval_span_k_mask_loss"]
+            print(f"         eval span-k is {gap:+.3f} nats below the context-free floor"
+                  + ("" if gap > 0.05 else ": no context use yet (a run judged before its collapse looks like this)"))
     if s["final"]:
         print(f"model    {s['final']}  (AutoModelForMaskedLM / AutoTokenizer .from_pretrained)")
     else:
@@ -227,9 +239,9 @@ def _run_sweep(args: argparse.Namespace) -> None:
     out = sweep(args.config, args.set)
     for row in out["trials"]:
         params = " ".join(f"{k}={v}" for k, v in row.items() if "." in k)
-        loss = f"{row['eval_span_k_loss']:.4f}" if row["eval_span_k_loss"] is not None else "-"
+        loss = f"{row['eval_span_k_mask_loss']:.4f}" if row.get("eval_span_k_mask_loss") is not None else "-"
         probe = f" probe {row['probe_score']:.4f}" if row.get("probe_score") is not None else ""
-        print(f"trial {row['trial']:<12} {row['status']:<8} steps {row['steps']:>6} eval span-k {loss}{probe}  {params}")
+        print(f"trial {row['trial']:<12} {row['status']:<8} steps {row['steps']:>6} eval span-k [MASK] {loss}{probe}  {params}")
     if out["best"] is not None:
         print(f"best     {out['best']['trial']} -> {out['best_yaml']}")
     print(f"trials   {out['trials_csv']}")
@@ -264,8 +276,10 @@ def _run_analyze(args: argparse.Namespace) -> None:
     for run in r["runs"]:
         loss, emb, att = run.get("loss") or {}, run["embeddings"], run.get("attention")
         line = f"{run['label']:<24}"
-        if loss.get("final_eval_span_k_loss") is not None:
-            line += f" eval span-k {loss['final_eval_span_k_loss']:.3f}"
+        if loss.get("final_eval_span_k_mask_loss") is not None:
+            line += f" eval span-k [MASK] {loss['final_eval_span_k_mask_loss']:.3f}"
+            if loss.get("floor_context_free") is not None:
+                line += f" (context-free floor {loss['floor_context_free']:.3f})"
         line += f"  emb silhouette {emb['silhouette_central']:+.3f} kNN {emb['knn_central']:.3f}"
         if att:
             line += "  attention entropy by layer " + " ".join(f"{x:.2f}" for x in att["entropy_by_layer"])

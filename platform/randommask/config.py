@@ -67,6 +67,8 @@ class OptimSection(_Section):
     lr: float = Field(4e-4, gt=0)
     warmup_steps: int = Field(100, ge=0)
     decay: Literal["linear", "cosine", "constant"] = "linear"
+    decay_start: Optional[int] = Field(None, ge=0, description="hold the peak lr until this step, then decay to "
+                                       "max_steps (warmup-stable-decay); default: decay right after warmup")
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.98)

@@ -6,7 +6,7 @@ manifest's runs of non-ACGT bases). Windows are grouped into *blocks* (consecuti
 interval: one ranged read) and blocks into *chunks* (one Ray Data task). For training, the block
 order and the order inside each chunk are permutations drawn from (seed, epoch), so each epoch
 sees new cuts in a new order; validation windows are fixed, in genome order, never reverse
-complemented.
+complemented, and evaluation takes an evenly spaced subset of them (``validation_windows``).
 
 Because the plan knows how many windows each chunk yields, position ``start_sample`` of an epoch
 maps to (chunk, offset) directly: a consumer resumes mid-epoch without replaying it.
@@ -263,19 +263,20 @@ def epoch_size(prepared: str, split: str = "train", window_bp: int = 512, seed: 
 
 def validation_windows(prepared: str, window_bp: int, k: int = 6, stride: int = 1, limit: int = 1024,
                        max_n_fraction: float = 0.1, storage_options: dict | None = None) -> np.ndarray:
-    """The first ``limit`` validation windows, tokenized, in genome order: the fixed set that
-    evaluation and analysis use. Read in this process (no Ray): it is small and must not wait for
+    """``limit`` validation windows evenly spaced over all validation windows in genome order,
+    tokenized: the fixed set that evaluation and analysis use, so it samples every validation region
+    (every chromosome of a large genome), not the first ones. The same for every run with the same
+    data, window length and limit. Read in this process (no Ray): it is small and must not wait for
     cluster resources. Raises UserError when the dataset holds no validation window of this size."""
-    plan = build_plan(prepared, "validation", window_bp, max_n_fraction=max_n_fraction,
-                      storage_options=storage_options)
+    # One window per block, every block in one chunk: the plan lists each valid window's position.
+    plan = build_plan(prepared, "validation", window_bp, max_n_fraction=max_n_fraction, windows_per_block=1,
+                      blocks_per_chunk=1 << 62, storage_options=storage_options)
     if not plan.num_samples:
         raise UserError(f"{prepared}: no validation windows of {window_bp} bp (prepare with a larger --val-fraction "
                         "or use shorter windows)")
+    (chunk,) = plan.chunks
+    pick = np.unique(np.linspace(0, plan.num_samples - 1, min(limit, plan.num_samples)).round().astype(np.int64))
+    row = {key: [chunk[key][i] for i in pick] for key in ("shard", "read_start", "num_windows", "global_start")}
+    row.update(chunk=0, first_sample=0, num_samples=len(pick))
     read = _ReadChunk(prepared, window_bp, k, stride, 0, 0, False, 0.0, max_n_fraction, 0, storage_options)
-    rows, n = [], 0
-    for chunk in plan.chunks:
-        rows.append(read._one(chunk)["input_ids"])
-        n += len(rows[-1])
-        if n >= limit:
-            break
-    return np.concatenate(rows)[:limit]
+    return read._one(row)["input_ids"]

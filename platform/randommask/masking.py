@@ -22,9 +22,13 @@ PAPER_PHASE_ENDS = (30000, 60000, 100000, 150000, 480000)
 STRATEGIES = ("bert", "span", "randommask")
 
 
-def _prob(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise UserError(f"{name} must be a probability strictly between 0 and 1, got {value!r}")
+def _prob(name: str, value: float, closed: bool = False) -> float:
+    """A probability in (0, 1), or in [0, 1] when ``closed`` (replacement shares may be all or nothing)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    ok = ok and (0.0 <= float(value) <= 1.0 if closed else 0.0 < float(value) < 1.0)
+    if not ok:
+        where = "between 0 and 1" if closed else "strictly between 0 and 1"
+        raise UserError(f"{name} must be a probability {where}, got {value!r}")
     return float(value)
 
 
@@ -44,8 +48,8 @@ class Masker:
 
     def __post_init__(self) -> None:
         _positive_int("k", self.k)
-        self.mask_token_prob = _prob("mask_token_prob", self.mask_token_prob)
-        self.random_token_prob = _prob("random_token_prob", self.random_token_prob)
+        self.mask_token_prob = _prob("mask_token_prob", self.mask_token_prob, closed=True)
+        self.random_token_prob = _prob("random_token_prob", self.random_token_prob, closed=True)
         if self.mask_token_prob + self.random_token_prob > 1.0:
             raise UserError("mask_token_prob + random_token_prob must be at most 1")
         self.vocab_size = vocab_size_for(self.k)
@@ -68,16 +72,21 @@ class Masker:
         maskable = input_ids >= NUM_SPECIAL
         selected = self.select(input_ids, maskable, int(step), generator) & maskable
         labels = torch.where(selected, input_ids, -100)
+        p_mask, p_rand = self.mask_token_prob, self.random_token_prob
+        if p_mask == 1.0:  # every selected token becomes [MASK]: no replacement draw at all
+            return input_ids.masked_fill(selected, MASK), labels
         # One uniform decides mask / random / keep; within the random band it is still uniform,
         # so it also picks the random k-mer: no second draw over the whole batch.
         u = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)
-        p_mask, p_rand = self.mask_token_prob, self.random_token_prob
-        n_kmers = self.vocab_size - NUM_SPECIAL
-        # u - p_mask is exact in the random band (Sterbenz), so ids never fall below the first
-        # k-mer; the scale sits a hair low so that rounding never passes the last one.
-        scale = n_kmers / p_rand * (1 - 1e-6)
-        random_ids = u.sub(p_mask).mul_(scale).add_(NUM_SPECIAL).to(input_ids.dtype)
-        replacement = random_ids.masked_fill_(u < p_mask, MASK)
+        if p_rand == 0.0:
+            replacement = torch.tensor(MASK, dtype=input_ids.dtype, device=input_ids.device)
+        else:
+            n_kmers = self.vocab_size - NUM_SPECIAL
+            # u - p_mask is exact in the random band (Sterbenz), so ids never fall below the first
+            # k-mer; the scale sits a hair low so that rounding never passes the last one.
+            scale = n_kmers / p_rand * (1 - 1e-6)
+            random_ids = u.sub(p_mask).mul_(scale).add_(NUM_SPECIAL).to(input_ids.dtype)
+            replacement = random_ids.masked_fill_(u < p_mask, MASK)
         inputs = torch.where(selected & (u < p_mask + p_rand), replacement, input_ids)
         return inputs, labels
 

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
 from randommask.errors import UserError
-from randommask.tokenizer import PAD, vocab_size_for
+from randommask.tokenizer import MASK, PAD, vocab_size_for
 
 MAX_POSITIONS = 512  # DNABERT's; a 512-token window of 6-mers covers 515 bp minus [CLS]/[SEP]
 
@@ -65,19 +65,28 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DDP / SparseMLM wrappers
 
 
+# The counts that ``mlm_forward`` returns beside the loss, in this order (one float tensor): all labelled
+# positions, and the subset whose input is [MASK]. Only the latter cannot be solved by copying the
+# input (a kept token shows its own label), so it is the honest headline.
+STATS = ("correct", "selected", "mask_loss_sum", "mask_correct", "mask_selected")
+
+
 def _sparse_forward(mlm: BertForMaskedLM, input_ids: torch.Tensor, labels: torch.Tensor,
-                    attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     hidden = mlm.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     selected = labels != -100
     logits = mlm.cls(hidden[selected])  # (N, vocab): only labelled positions are projected
     target = labels[selected]
-    n = target.numel()
-    if n == 0:  # keep the graph connected so DDP and backward still work on an empty batch
+    if target.numel() == 0:  # keep the graph connected so DDP and backward still work on an empty batch
         zero = logits.sum() * 0.0
-        return zero, zero.detach(), torch.zeros((), device=zero.device)
-    loss = F.cross_entropy(logits.float(), target)
-    correct = (logits.argmax(-1) == target).sum()
-    return loss, correct, torch.tensor(n, device=loss.device)
+        return zero, torch.zeros(len(STATS), device=zero.device)
+    losses = F.cross_entropy(logits.float(), target, reduction="none")
+    hit = (logits.argmax(-1) == target).float()
+    masked = (input_ids[selected] == MASK).float()
+    with torch.no_grad():
+        stats = torch.stack([hit.sum(), torch.tensor(float(target.numel()), device=hit.device),
+                             (losses.detach() * masked).sum(), (hit * masked).sum(), masked.sum()])
+    return losses.mean(), stats
 
 
 class SparseMLM(nn.Module):
@@ -92,8 +101,8 @@ class SparseMLM(nn.Module):
 
 
 def mlm_forward(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(loss, n_correct, n_selected)`` of the sparse MLM loss.
+                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, stats)`` of the sparse MLM loss; ``stats`` holds the counts named in :data:`STATS`.
 
     ``model`` is a ``BertForMaskedLM``, a :class:`SparseMLM`, or either under DDP. Under DDP pass
     a DDP-wrapped :class:`SparseMLM`, so that gradients are synchronised.

@@ -9,8 +9,10 @@ from typing import Any
 # metrics.jsonl key -> (metric name, description)
 GAUGES = {
     "step": ("randommask_step", "optimizer steps done"),
-    "loss": ("randommask_loss", "training MLM loss"),
-    "acc": ("randommask_masked_accuracy", "training accuracy on masked tokens"),
+    "loss": ("randommask_loss", "training MLM loss, all labelled positions"),
+    "acc": ("randommask_masked_accuracy", "training accuracy, all labelled positions"),
+    "mask_loss": ("randommask_mask_loss", "training MLM loss on positions whose input is [MASK]"),
+    "mask_acc": ("randommask_mask_accuracy", "training accuracy on positions whose input is [MASK]"),
     "tokens_per_s": ("randommask_tokens_per_second", "training tokens per second, all workers"),
     "span_min": ("randommask_span_min", "shortest masked span (tokens)"),
     "span_max": ("randommask_span_boundary", "current RandomMask span boundary (tokens)"),
@@ -21,6 +23,14 @@ GAUGES = {
     "eval_span_2k_loss": ("randommask_eval_span_2k_loss", "validation loss, fixed span-2k masking"),
     "eval_span_k_acc": ("randommask_eval_span_k_accuracy", "validation masked accuracy, span-k masking"),
     "eval_span_2k_acc": ("randommask_eval_span_2k_accuracy", "validation masked accuracy, span-2k masking"),
+    "eval_span_k_mask_loss": ("randommask_eval_span_k_mask_loss", "validation loss on [MASK] inputs, span-k masking"),
+    "eval_span_2k_mask_loss": ("randommask_eval_span_2k_mask_loss", "validation loss on [MASK] inputs, span-2k masking"),
+    "eval_span_k_mask_acc": ("randommask_eval_span_k_mask_accuracy", "validation accuracy on [MASK] inputs, span-k"),
+    "eval_span_2k_mask_acc": ("randommask_eval_span_2k_mask_accuracy", "validation accuracy on [MASK] inputs, span-2k"),
+    # floors.json: set once per run, so dashboards draw the losses against them
+    "context_free": ("randommask_floor_context_free", "context-free floor: k-mer frequencies only (nats)"),
+    "eval_span_k_overlap": ("randommask_floor_span_k_overlap", "span-k overlap reference of the eval set (nats, approx.)"),
+    "eval_span_2k_overlap": ("randommask_floor_span_2k_overlap", "span-2k overlap reference of the eval set (nats, approx.)"),
 }
 
 
@@ -53,6 +63,10 @@ class TrainMetrics:
                 self.ray_gauges[key].set(float(value), tags={"run": self.run})
             if key in self.prom_gauges:
                 self.prom_gauges[key].labels(run=self.run).set(float(value))
+
+    def set_floors(self, floors: dict[str, Any] | None) -> None:
+        self.update({key: floors[key] for key in ("context_free", "eval_span_k_overlap", "eval_span_2k_overlap")
+                     if floors and floors.get(key) is not None})
 
     def close(self) -> None:
         server = getattr(self, "server", None)

@@ -23,44 +23,67 @@ def _series(lines: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def loss_curves_png(runs: dict[str, Sequence[dict]], title: str = "") -> bytes:
-    """PNG bytes: one panel of losses per step (train solid, eval dashed/dotted), boundary on a
-    second axis. ``runs`` maps a label to that run's metrics.jsonl lines."""
+def _floor_lines(ax, floors: dict | None, eval_sets: Sequence[str] = ("span_k",)) -> None:
+    """Horizontal lines for the references in a run's floors.json (randommask.floors)."""
+    from randommask.floors import floor_lines
+
+    seen = set()
+    for i, name in enumerate(eval_sets):
+        for value, label in floor_lines(floors, name):
+            if label in seen:
+                continue
+            seen.add(label)
+            grey = "black" if label.startswith("context-free") else "dimgrey"
+            ax.axhline(value, color=grey, lw=1, ls="-." if i else "--", alpha=0.7, label=f"{label}: {value:.2f}")
+
+
+def loss_curves_png(runs: dict[str, Sequence[dict]], title: str = "", floors: dict | None = None) -> bytes:
+    """PNG bytes: losses on [MASK] inputs per step (train solid, eval dashed/dotted), the run's floors
+    as horizontal lines, the boundary on a second axis. ``runs`` maps a label to metrics.jsonl lines."""
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     span_ax = ax.twinx()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, lines) in enumerate(runs.items()):
         c = colours[i % len(colours)]
         prefix = f"{label}: " if len(runs) > 1 else ""
-        ax.plot(*_series(lines, "loss"), color=c, lw=1.2, label=f"{prefix}train")
-        for key, style, name in (("eval_span_k_loss", "--", "eval span k"), ("eval_span_2k_loss", ":", "eval span 2k")):
+        ax.plot(*_series(lines, "mask_loss"), color=c, lw=1.2, label=f"{prefix}train [MASK]")
+        for key, style, name in (("eval_span_k_mask_loss", "--", "eval [MASK] span k"),
+                                 ("eval_span_2k_mask_loss", ":", "eval [MASK] span 2k")):
             xs, ys = _series(lines, key)
             if xs:
                 ax.plot(xs, ys, style, color=c, lw=1.6, marker="o", ms=3, label=f"{prefix}{name}")
         xs, ys = _series(lines, "span_max")
-        if xs:
+        if len(set(ys)) > 1:  # a curriculum: draw its boundary (a fixed span needs no axis)
             span_ax.step(xs, ys, where="pre", color=c, alpha=0.35, lw=2, label=f"{prefix}span boundary")
+    if not span_ax.lines:
+        span_ax.set_visible(False)
+    _floor_lines(ax, floors, ("span_k", "span_2k"))
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("MLM loss (nats)")
+    ax.set_ylabel("MLM loss on [MASK] inputs (nats)")
     span_ax.set_ylabel("span boundary (tokens)")
     ax.grid(alpha=0.3)
     handles = ax.get_legend_handles_labels()
     span_handles = span_ax.get_legend_handles_labels()
     entries = (handles[0] + span_handles[0], handles[1] + span_handles[1])
-    if len(entries[0]) > 4:  # several runs: keep the legend off the curves
-        fig.set_size_inches(12, 5)
+    if len(entries[0]) > 4:  # keep the legend off the curves
+        fig.set_size_inches(13, 5)
         ax.legend(*entries, fontsize=8, loc="upper left", bbox_to_anchor=(1.1, 1.0), borderaxespad=0)
     else:
         ax.legend(*entries, fontsize=8, loc="upper right")
     return _png(fig, ax, title)
 
 
-def eval_curves_png(runs: dict[str, Sequence[dict]], title: str = "", key: str = "eval_span_k_loss") -> bytes:
+def eval_curves_png(runs: dict[str, Sequence[dict]], title: str = "", key: str = "eval_span_k_mask_loss",
+                    floors: dict | None = None) -> bytes:
     """PNG bytes: one validation curve per run (sweep trials), on the same fixed-mask task."""
     fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
     for label, lines in runs.items():
         xs, ys = _series(lines, key)
         ax.plot(xs, ys, marker="o", ms=3, lw=1.4, label=label)
+    if key.startswith("eval_span_k"):
+        _floor_lines(ax, floors, ("span_k",))
+    elif key.startswith("eval_span_2k"):
+        _floor_lines(ax, floors, ("span_2k",))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(key.replace("_", " "))
     ax.grid(alpha=0.3)
@@ -80,28 +103,31 @@ def _colours() -> list[str]:
     return plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
-def loss_dynamics_png(runs: dict[str, Sequence[dict]]) -> bytes:
-    """PNG bytes, four panels over steps, runs in one colour each: training loss (with the span
-    boundary, faint, on a second axis), the fixed-mask validation losses, masked accuracy, boundary."""
+def loss_dynamics_png(runs: dict[str, Sequence[dict]], floors: dict | None = None) -> bytes:
+    """PNG bytes, four panels over steps, runs in one colour each: training loss on [MASK] inputs
+    (with the span boundary, faint, on a second axis), the fixed-mask validation losses on [MASK]
+    inputs against the floors, accuracy on [MASK] inputs, and the boundary."""
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
     (a_loss, a_eval), (a_acc, a_span) = axes
     span_ax = a_loss.twinx()
     for i, (label, lines) in enumerate(runs.items()):
         c = _colours()[i % len(_colours())]
-        a_loss.plot(*_series(lines, "loss"), color=c, lw=1.2, label=label)
+        a_loss.plot(*_series(lines, "mask_loss"), color=c, lw=1.2, label=label)
         xs, ys = _series(lines, "span_max")
         if xs:
             span_ax.step(xs, ys, where="pre", color=c, alpha=0.25, lw=2)
             a_span.step(xs, ys, where="pre", color=c, lw=1.6, label=f"{label} boundary")
             a_span.step(*_series(lines, "span_min"), where="pre", color=c, lw=1, ls=":", label=f"{label} shortest")
-        for key, style, name in (("eval_span_k_loss", "-", "span k"), ("eval_span_2k_loss", "--", "span 2k")):
+        for key, style, name in (("eval_span_k_mask_loss", "-", "span k"), ("eval_span_2k_mask_loss", "--", "span 2k")):
             a_eval.plot(*_series(lines, key), style, color=c, marker="o", ms=3, label=f"{label} {name}")
-        a_acc.plot(*_series(lines, "acc"), color=c, lw=1, alpha=0.8, label=f"{label} train")
-        for key, style, name in (("eval_span_k_acc", "--", "eval span k"), ("eval_span_2k_acc", ":", "eval span 2k")):
+        a_acc.plot(*_series(lines, "mask_acc"), color=c, lw=1, alpha=0.8, label=f"{label} train")
+        for key, style, name in (("eval_span_k_mask_acc", "--", "eval span k"), ("eval_span_2k_mask_acc", ":", "eval span 2k")):
             a_acc.plot(*_series(lines, key), style, color=c, marker="o", ms=3, label=f"{label} {name}")
-    for ax, title, ylabel in ((a_loss, "training loss (its own masks; faint: span boundary)", "MLM loss (nats)"),
-                              (a_eval, "validation loss, fixed masks (comparable across runs)", "MLM loss (nats)"),
-                              (a_acc, "masked-token accuracy", "accuracy"),
+    _floor_lines(a_eval, floors, ("span_k", "span_2k"))
+    _floor_lines(a_loss, floors, ("span_k",))
+    for ax, title, ylabel in ((a_loss, "training loss on [MASK] inputs (its own masks; faint: span boundary)", "nats"),
+                              (a_eval, "validation loss on [MASK] inputs, fixed masks (comparable across runs)", "nats"),
+                              (a_acc, "accuracy on [MASK] inputs", "accuracy"),
                               (a_span, "masked span lengths (tokens)", "tokens")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("optimizer step")

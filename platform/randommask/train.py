@@ -5,6 +5,7 @@ Run directory ``<storage_path>/<name>/``:
     final/                the trained model and tokenizer, a plain Hugging Face directory
     metrics.jsonl         one line per logged step (see docs/pretraining.md)
     events.jsonl          start / resume events
+    floors.json           the context-free floor and overlap references the losses are read against
     config.yaml           the resolved config
     loss.png              loss curves with the span boundary
 """
@@ -30,7 +31,7 @@ from randommask import storage
 from randommask.config import PretrainConfig, dump_config
 from randommask.errors import UserError
 from randommask.masking import make_masker
-from randommask.model import SparseMLM, build_mlm, mlm_forward
+from randommask.model import STATS, SparseMLM, build_mlm, mlm_forward
 from randommask.tokenizer import KmerTokenizer, vocab_size_for
 
 EVAL_SEED = 20231013  # the same evaluation masks for every run, schedule and seed
@@ -118,6 +119,8 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
     check_storage(cfg)
     check_init_from(cfg)
     check_data(cfg)
+    floors = run_floors(cfg)
+    storage.write_bytes(storage.join(run_uri(cfg), "floors.json"), (json.dumps(floors, indent=1) + "\n").encode())
     ensure_ray()
     storage_path, storage_fs = storage.ray_storage(cfg.run.storage_path)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
@@ -125,7 +128,7 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
         resources["GPU"] = cfg.scaling.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json")},
+        train_loop_config={"config": cfg.model_dump(mode="json"), "floors": floors},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -186,28 +189,81 @@ def summarize(cfg: PretrainConfig, seconds: float) -> dict[str, Any]:
     lines = read_jsonl(storage.join(base, "metrics.jsonl"))
     last = lines[-1] if lines else {}
     evals = [x for x in lines if "eval_span_k_loss" in x]
+    floors_uri = storage.join(base, "floors.json")
     done = last.get("step", 0) >= cfg.optim.max_steps
-    return {
+    out = {
         "run": cfg.run.name, "step": last.get("step", 0), "max_steps": cfg.optim.max_steps, "finished": done,
         "tokens": last.get("tokens", 0), "seconds": round(seconds, 1), "train_loss": last.get("loss"),
-        "eval_span_k_loss": evals[-1]["eval_span_k_loss"] if evals else None,
-        "eval_span_2k_loss": evals[-1]["eval_span_2k_loss"] if evals else None,
+        "train_mask_loss": last.get("mask_loss"),
+        "floors": json.loads(storage.read_bytes(floors_uri)) if storage.exists(floors_uri) else None,
         "final": storage.join(base, "final") if done else None,
         "metrics": storage.join(base, "metrics.jsonl"), "plot": storage.join(base, "loss.png"),
     }
+    for key in ("eval_span_k_loss", "eval_span_2k_loss", "eval_span_k_mask_loss", "eval_span_2k_mask_loss",
+                "eval_span_k_mask_acc", "eval_span_2k_mask_acc"):
+        out[key] = evals[-1].get(key) if evals else None
+    return out
+
+
+# ---- evaluation sets and the floors they are read against --------------------------------------
+def eval_sets(cfg: PretrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed validation windows under span-k and span-2k masking, identical for every run with the
+    same data, window length and ``run.eval_windows``. Raises UserError when there is no window."""
+    from randommask.data import validation_windows
+
+    d = cfg.data
+    windows = validation_windows(d.prepared, d.window_bp, d.k, d.stride, cfg.run.eval_windows,
+                                 d.max_n_fraction, storage_options=d.storage_options or None)
+    ids = torch.from_numpy(windows).long()
+    return {name: make_masker("span", d.k, span=span)(ids, 0, torch.Generator().manual_seed(EVAL_SEED))
+            for name, span in (("span_k", d.k), ("span_2k", 2 * d.k))}
+
+
+def run_floors(cfg: PretrainConfig) -> dict[str, Any]:
+    """The data's floors (randommask.floors) and each evaluation set's overlap reference."""
+    from randommask.floors import compute_floors, eval_reference
+
+    d = cfg.data
+    floors = compute_floors(d.prepared, d.k, d.stride, storage_options=d.storage_options or None)
+    try:
+        sets = eval_sets(cfg)
+    except UserError:
+        sets = {}
+    for name, (inputs, labels) in sets.items():
+        ref = eval_reference(inputs, labels, d.k, d.stride, floors["overlap_per_base"])
+        floors[f"eval_{name}_overlap"] = None if ref is None else round(ref, 4)
+    return floors
+
+
+def floors_text(floors: dict | None) -> str:
+    """One line: the context-free floor and the span-k overlap reference, for progress and summaries."""
+    if not floors or floors.get("context_free") is None:
+        return ""
+    ref = floors.get("eval_span_k_overlap")
+    return f"context-free floor {floors['context_free']:.3f}" + (
+        f", span-k overlap reference ~{ref:.3f}" if ref is not None else "")
 
 
 # ---- the worker ---------------------------------------------------------------------------------
+def mask_figures(loss_sum: float, correct: float, n: float) -> dict[str, float | None]:
+    """``mask_loss`` and ``mask_acc``: over labelled positions whose input is [MASK] (None if there are none)."""
+    if n <= 0:
+        return {"mask_loss": None, "mask_acc": None}
+    return {"mask_loss": round(loss_sum / n, 5), "mask_acc": round(correct / n, 5)}
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def lr_factor(step: int, warmup: int, max_steps: int, decay: str, min_ratio: float) -> float:
+def lr_factor(step: int, warmup: int, max_steps: int, decay: str, min_ratio: float,
+              decay_start: int | None = None) -> float:
     if warmup and step < warmup:
         return (step + 1) / warmup
-    if decay == "constant":
+    start = max(warmup, decay_start or 0)
+    if decay == "constant" or step < start:
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    progress = min(1.0, (step - start) / max(1, max_steps - start))
     shape = 1 - progress if decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return min_ratio + (1 - min_ratio) * shape
 
@@ -233,7 +289,8 @@ def train_step(model, opt, sched, masker, data: Iterator[torch.Tensor], step: in
     global step), sparse MLM loss, clipping, AdamW. The benchmark runs this same function."""
     model.train()
     wait = loss_sum = 0.0
-    correct = selected = tokens = 0
+    stats = torch.zeros(len(STATS), dtype=torch.float64)
+    tokens = 0
     crc = 0
     for micro in range(accum):
         t = time.perf_counter()
@@ -248,11 +305,10 @@ def train_step(model, opt, sched, masker, data: Iterator[torch.Tensor], step: in
         with sync:
             with autocast(device):
                 # Windows have a fixed length: no padding, so no attention mask (fused kernels apply).
-                loss, n_correct, n = mlm_forward(model, inputs, labels)
+                loss, counts = mlm_forward(model, inputs, labels)
             (loss / accum).backward()
         loss_sum += float(loss.detach())
-        correct += int(n_correct)
-        selected += int(n)
+        stats += counts.cpu().double()
         tokens += ids.numel()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -260,7 +316,7 @@ def train_step(model, opt, sched, masker, data: Iterator[torch.Tensor], step: in
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    return {"loss": loss_sum / accum, "correct": correct, "selected": selected, "tokens": tokens,
+    return {"loss": loss_sum / accum, **dict(zip(STATS, stats.tolist())), "tokens": tokens,
             "wait": wait, "lr": lr, "crc": crc}
 
 
@@ -273,17 +329,19 @@ def build_optimizer(mlm, o) -> tuple[torch.optim.Optimizer, torch.optim.lr_sched
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=o.lr, betas=o.betas, eps=o.eps, fused=cuda)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, o.warmup_steps, o.max_steps, o.decay, o.min_lr_ratio))
+        opt, lambda s: lr_factor(s, o.warmup_steps, o.max_steps, o.decay, o.min_lr_ratio, o.decay_start))
     return opt, sched
 
 
 class Worker:
     """State and steps of one training worker; ``run`` is the loop."""
 
-    def __init__(self, cfg: PretrainConfig, rank: int, world: int, device: torch.device) -> None:
+    def __init__(self, cfg: PretrainConfig, rank: int, world: int, device: torch.device,
+                 floors: dict | None = None) -> None:
         import ray.train.torch
 
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        self.floors = floors
         self.base = run_uri(cfg)
         self.cuda = device.type == "cuda"
         self.tok = KmerTokenizer(cfg.data.k, cfg.data.stride)
@@ -312,6 +370,7 @@ class Worker:
 
             ob = cfg.observability
             self.metrics = TrainMetrics(cfg.run.name, ob.ray_metrics, ob.prometheus_port, ob.prometheus_host)
+            self.metrics.set_floors(floors)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _gather(self, obj: Any) -> list[Any]:
@@ -382,22 +441,10 @@ class Worker:
             self.position = {"epoch": epoch + 1, "sample": 0}
 
     def _eval_sets(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Fixed validation windows under span-k and span-2k masking, identical for every run."""
-        from randommask.data import validation_windows
-
-        d = self.cfg.data
         try:
-            windows = validation_windows(d.prepared, d.window_bp, d.k, d.stride, self.cfg.run.eval_windows,
-                                         d.max_n_fraction, storage_options=d.storage_options or None)
+            return eval_sets(self.cfg)
         except UserError:
             return {}  # no validation windows (val_fraction 0 or windows too long)
-        ids = torch.from_numpy(windows).long()
-        k = d.k
-        sets = {}
-        for name, span in (("span_k", k), ("span_2k", 2 * k)):
-            masker = make_masker("span", k, span=span)
-            sets[name] = masker(ids, 0, torch.Generator().manual_seed(EVAL_SEED))
-        return sets
 
     # -- steps -----------------------------------------------------------------------------------
     def train_step(self, data: Iterator[torch.Tensor]) -> dict[str, float]:
@@ -410,20 +457,24 @@ class Worker:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        self.model.eval()
+        # The unwrapped module: evaluation is per-rank work plus one all-reduce of counts, with no
+        # DDP forward (no buffer broadcast, and ranks with fewer rows cannot desynchronise it).
+        self.mlm.eval()
         out = {}
         bs = self.cfg.optim.batch_size
         for name, (inputs, labels) in self.eval_sets.items():
             mine = torch.arange(self.rank, len(inputs), self.world)  # this rank's rows of the fixed set
-            totals = torch.zeros(3, dtype=torch.float64)
+            totals = torch.zeros(1 + len(STATS), dtype=torch.float64)  # loss sum, then STATS
             for i in range(0, len(mine), bs):
                 rows = mine[i : i + bs]
                 with autocast(self.device):
-                    loss, correct, n = mlm_forward(self.model, inputs[rows].to(self.device), labels[rows].to(self.device))
-                totals += torch.tensor([float(loss) * float(n), float(correct), float(n)], dtype=torch.float64)
-            totals = self._all_reduce(totals)
-            out[f"eval_{name}_loss"] = round(float(totals[0] / max(totals[2], 1)), 5)
-            out[f"eval_{name}_acc"] = round(float(totals[1] / max(totals[2], 1)), 5)
+                    loss, counts = mlm_forward(self.mlm, inputs[rows].to(self.device), labels[rows].to(self.device))
+                totals += torch.cat([(loss.detach() * counts[1]).reshape(1), counts]).cpu().double()
+            t = dict(zip(("loss_sum", *STATS), self._all_reduce(totals).tolist()))
+            out[f"eval_{name}_loss"] = round(t["loss_sum"] / max(t["selected"], 1), 5)
+            out[f"eval_{name}_acc"] = round(t["correct"] / max(t["selected"], 1), 5)
+            out.update({f"eval_{name}_{key}": v for key, v in
+                        mask_figures(t["mask_loss_sum"], t["mask_correct"], t["mask_selected"]).items()})
         return out
 
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
@@ -443,14 +494,14 @@ class Worker:
         data = self.batches()
         max_steps = cfg.optim.max_steps
         stop = min(max_steps, cfg.run.stop_after or max_steps)
-        window = torch.zeros(6, dtype=torch.float64)  # loss, correct, selected, tokens, wait, steps
+        keys = ("loss", *STATS, "tokens", "wait", "steps")  # summed over the steps since the last line
+        window = torch.zeros(len(keys), dtype=torch.float64)
         t_window = time.perf_counter()
         t_start, step_start = time.perf_counter(), self.step
         crc = 0
         while self.step < stop:
             s = self.train_step(data)
-            window += torch.tensor([s["loss"], s["correct"], s["selected"], s["tokens"], s["wait"], 1.0],
-                                   dtype=torch.float64)
+            window += torch.tensor([s.get(key, 1.0) for key in keys], dtype=torch.float64)
             crc = s["crc"]
             last = self.step == stop
             log_now = self.step % cfg.run.log_every == 0 or last
@@ -458,16 +509,18 @@ class Worker:
             ckpt_now = self.step % cfg.run.checkpoint_every == 0 or last
             if not (log_now or eval_now or ckpt_now):
                 continue
-            tot = self._all_reduce(window.clone())
+            tot = dict(zip(keys, self._all_reduce(window.clone()).tolist()))
             elapsed = time.perf_counter() - t_window
-            self.tokens += int(tot[3])
+            self.tokens += int(tot["tokens"])
             lo, hi = self.masker.span_bounds(self.step - 1)
             line = {
-                "step": self.step, "epoch": self.position["epoch"], "loss": round(float(tot[0] / tot[5]), 5),
-                "acc": round(float(tot[1] / max(tot[2], 1)), 5), "lr": float(f"{s['lr']:.6g}"),
-                "tokens_per_s": round(float(tot[3]) / elapsed, 1), "tokens": self.tokens,
-                "span_min": lo, "span_max": hi, "masked_fraction": round(float(tot[2] / max(tot[3], 1)), 5),
-                "data_wait": round(float(tot[4] / self.world) / elapsed, 4), "batch_crc": crc,
+                "step": self.step, "epoch": self.position["epoch"], "loss": round(tot["loss"] / tot["steps"], 5),
+                "acc": round(tot["correct"] / max(tot["selected"], 1), 5),
+                **mask_figures(tot["mask_loss_sum"], tot["mask_correct"], tot["mask_selected"]),
+                "lr": float(f"{s['lr']:.6g}"),
+                "tokens_per_s": round(tot["tokens"] / elapsed, 1), "tokens": self.tokens,
+                "span_min": lo, "span_max": hi, "masked_fraction": round(tot["selected"] / max(tot["tokens"], 1), 5),
+                "data_wait": round(tot["wait"] / self.world / elapsed, 4), "batch_crc": crc,
                 "time": round(time.time(), 1),
             }
             if eval_now:
@@ -492,9 +545,14 @@ class Worker:
 
     def _progress(self, line: dict, sec_per_step: float) -> None:
         eta = (self.cfg.optim.max_steps - self.step) * sec_per_step
-        ev = f" eval {line['eval_span_k_loss']:.3f}/{line['eval_span_2k_loss']:.3f}" if "eval_span_k_loss" in line else ""
-        print(f"[{self.cfg.run.name}] step {self.step}/{self.cfg.optim.max_steps} loss {line['loss']:.3f} "
-              f"acc {line['acc']:.3f}{ev} {line['tokens_per_s']:,.0f} tok/s span {line['span_min']}-{line['span_max']} "
+        ev = ""
+        if line.get("eval_span_k_mask_loss") is not None:
+            ev = f" | eval [MASK] span-k {line['eval_span_k_mask_loss']:.3f} span-2k {line['eval_span_2k_mask_loss']:.3f}"
+            if self.floors and self.floors.get("context_free") is not None:
+                ev += f" (floor {self.floors['context_free']:.2f})"
+        mask = f"{line['mask_loss']:.3f}" if line.get("mask_loss") is not None else "-"
+        print(f"[{self.cfg.run.name}] step {self.step}/{self.cfg.optim.max_steps} [MASK] loss {mask} "
+              f"(all {line['loss']:.3f}){ev} {line['tokens_per_s']:,.0f} tok/s span {line['span_min']}-{line['span_max']} "
               f"lr {line['lr']:.2e} wait {line['data_wait']:.0%} ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}",
               flush=True)
 
@@ -520,7 +578,8 @@ class Worker:
         write_jsonl(storage.join(self.base, "metrics.jsonl"), self.history)
         storage.write_bytes(storage.join(self.base, "loss.png"),
                             loss_curves_png({self.cfg.run.name: self.history}, title=f"{self.cfg.run.name} "
-                                            f"({self.cfg.masking.strategy}, {self.cfg.model.preset})"))
+                                            f"({self.cfg.masking.strategy}, {self.cfg.model.preset})",
+                                            floors=self.floors))
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -530,4 +589,5 @@ def train_loop_per_worker(loop_config: dict) -> None:
     _quiet_worker_logs()
     cfg = PretrainConfig.model_validate(loop_config["config"])
     ctx = ray.train.get_context()
-    Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()).run()
+    Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
+           loop_config.get("floors")).run()

@@ -67,7 +67,7 @@ class SearchSection(_Strict):
 class AshaSection(_Strict):
     grace_period: int = Field(1, ge=1, description="steps before a trial can be stopped")
     reduction_factor: float = Field(2, gt=1)
-    metric: str = "eval_span_k_loss"
+    metric: str = "eval_span_k_mask_loss"
     mode: Literal["min", "max"] = "min"
 
 
@@ -79,7 +79,7 @@ class ProbeSection(_Strict):
 
 
 class ObjectiveSection(_Strict):
-    metric: str = "eval_span_k_loss"
+    metric: str = "eval_span_k_mask_loss"
     mode: Literal["min", "max"] = "min"
     probe: Optional[ProbeSection] = None
 
@@ -151,6 +151,10 @@ def _param_space(search: SearchSection) -> dict[str, Any]:
     return space
 
 
+# The evaluation figures a trial reports and the trial table shows; the [MASK]-only ones are the headline.
+EVAL_KEYS = ("eval_span_k_mask_loss", "eval_span_2k_mask_loss", "eval_span_k_loss", "eval_span_2k_loss")
+
+
 def _trial(config: dict) -> None:
     """One Tune trial: a pretraining run whose evaluations reach Tune, then the optional probe."""
     from ray import tune
@@ -164,8 +168,8 @@ def _trial(config: dict) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(config["base"], params, sweep, trial_id, config["runs_uri"])
     summary = pretrain(cfg, callbacks=[TuneReportCallback()])
-    final = {"step": summary["step"], "trial_complete": True, "eval_span_k_loss": summary["eval_span_k_loss"],
-             "eval_span_2k_loss": summary["eval_span_2k_loss"], "train_loss": summary["train_loss"]}
+    final = {"step": summary["step"], "trial_complete": True, "train_loss": summary["train_loss"],
+             **{key: summary[key] for key in EVAL_KEYS}}
     probe = sweep.objective.probe
     if probe is not None and summary["final"]:
         final.update(linear_probe(summary["final"], probe.gue_dir, probe.datasets, probe.max_train, probe.max_eval))
@@ -256,8 +260,7 @@ def _write_outputs(cfg: SweepConfig, base: dict, results, root: str, runs_uri: s
                      "status": "error" if r.error else ("done" if metrics.get("trial_complete") or (
                          history and history[-1]["step"] >= max_steps) else "stopped"),
                      "steps": history[-1]["step"] if history else 0,
-                     "eval_span_k_loss": evals[-1]["eval_span_k_loss"] if evals else None,
-                     "eval_span_2k_loss": evals[-1]["eval_span_2k_loss"] if evals else None,
+                     **{key: evals[-1].get(key) if evals else None for key in EVAL_KEYS},
                      **{k: v for k, v in metrics.items() if k.startswith("probe_")},
                      "error": str(r.error).splitlines()[-1] if r.error else ""})
         if evals:
@@ -274,7 +277,10 @@ def _write_outputs(cfg: SweepConfig, base: dict, results, root: str, runs_uri: s
     out = {"trials": rows, "best": best, "trials_csv": storage.join(root, "trials.csv"),
            "curves": storage.join(root, "curves.png"), "best_yaml": None}
     if curves:
-        storage.write_bytes(out["curves"], eval_curves_png(curves, title=f"sweep {cfg.name}: fixed span-k validation loss"))
+        floors_uri = storage.join(runs_uri, rows[0]["run"], "floors.json")  # the trials share data and windows
+        floors = json.loads(storage.read_bytes(floors_uri)) if storage.exists(floors_uri) else None
+        storage.write_bytes(out["curves"], eval_curves_png(
+            curves, title=f"sweep {cfg.name}: fixed span-k validation loss on [MASK] inputs", floors=floors))
     if best is not None:
         params = {k: best[k] for k in params_keys}
         best_cfg = trial_config(base, params, cfg, best["trial"], "outputs/runs")

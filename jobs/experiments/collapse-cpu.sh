@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The masking comparison where it means something (docs/experiments.md section 3): in the collapse
+# regime of jobs/configs/collapse-cpu.yaml (k=6, where DNABERT's span masking collapses on 2 CPUs),
+# at equal compute, `span` (DNABERT), `randommask` (first widening after span has collapsed) and
+# `bert`, each with 3 pretraining seeds, plus no-pretraining controls with the same initial weights;
+# `randommask analyze` on the seed-0 finals; fine-tuning of every model on the six GUE datasets in
+# ../shared/data/gue (2,000 training rows, 2 fine-tuning seeds).
+#
+# Hours on 2 CPUs (about 30 minutes per pretraining), so it runs in pieces: rerun it and it resumes
+# where it stopped (a pretraining from its last checkpoint, fine-tuning skipping finished trials),
+# and after each piece it copies the small results (metrics, floors, fine-tuning tables) into
+# docs/experiments/collapse-cpu/ to be committed.
+# Usage: jobs/experiments/collapse-cpu.sh [OUT]      SEEDS="0 1 2" ARMS="span randommask bert" to narrow
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-outputs/experiments/collapse-cpu}
+RM=${RANDOMMASK:-.venv/bin/randommask}
+PY=${PYTHON:-.venv/bin/python}
+GENOME=${GENOME:-../shared/data/genomes/ecoli_536.fna.gz}
+GUE=${GUE:-../shared/data/gue}
+SEEDS=${SEEDS:-0 1 2}
+ARMS=${ARMS:-span randommask bert}
+TASKS=prom/prom_core_all,prom/prom_core_tata,tf/0,tf/2,mouse/0,mouse/2
+KEEP=docs/experiments/collapse-cpu
+
+[ -f "$OUT/prepared/manifest.json" ] || $RM data prepare "$GENOME" --out "$OUT/prepared" --no-progress
+common=(--config jobs/configs/collapse-cpu.yaml --set "data.prepared=$OUT/prepared" --set "run.storage_path=$OUT/runs"
+        --set observability.progress=false)
+
+arm_settings() {  # the masking of each arm; everything else is collapse-cpu.yaml
+  case "$1" in
+    span) ;;
+    # Boundary 6 until step 2000 (span-6 has collapsed by then), then 8, 10, 12, 14 tokens.
+    randommask) echo "--set masking.strategy=randommask --set masking.phase_ends=[2000,2750,3500,4250,5000]" ;;
+    bert) echo "--set masking.strategy=bert" ;;
+  esac
+}
+
+collect() {  # the small, durable results: what docs/experiments.md reads
+  mkdir -p "$KEEP"
+  for run in "$OUT"/runs/*/; do
+    name=$(basename "$run")
+    [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$KEEP/$name.metrics.jsonl"
+    [ -f "$run/floors.json" ] && cp "$run/floors.json" "$KEEP/floors.json"
+  done
+  for ft in "$OUT"/finetune/*/; do
+    [ -f "$ft/results.json" ] && cp "$ft/results.json" "$KEEP/$(basename "$ft").finetune.json"
+  done
+  [ -f "$OUT/analysis/report.json" ] && cp "$OUT/analysis/report.json" "$KEEP/analysis-report.json"
+  true
+}
+
+control() {  # the same initial weights as the pretraining of seed $1, and no pretraining
+  local dir="$OUT/runs/no-pretraining-s$1/final"
+  [ -f "$dir/config.json" ] && return
+  $PY - "$dir" "$1" <<'EOF'
+import sys, torch
+from randommask import KmerTokenizer
+from randommask.config import load_config
+from randommask.model import build_mlm
+cfg = load_config("jobs/configs/collapse-cpu.yaml")
+torch.manual_seed(int(sys.argv[2]))  # as the pretraining worker does before building the model
+build_mlm(cfg.model.preset, cfg.data.k, **cfg.model.overrides).save_pretrained(sys.argv[1])
+KmerTokenizer(cfg.data.k).save_pretrained(sys.argv[1])
+EOF
+}
+
+finetune() {
+  [ "${PRETRAIN_ONLY:-0}" = 1 ] && return
+  $RM finetune --checkpoint "$OUT/runs/$1/final" --gue-dir "$GUE" --tasks "$TASKS" --seeds 2 \
+      --max-train 2000 --max-eval 1000 --epochs 3 --lr 1e-4 --out "$OUT/finetune/$1" \
+      --baselines ../shared/data/gue-published-baselines.csv
+  collect
+}
+
+for seed in $SEEDS; do
+  for arm in $ARMS; do
+    run="$arm-s$seed"
+    if [ ! -f "$OUT/runs/$run/final/config.json" ]; then
+      # shellcheck disable=SC2046
+      $RM pretrain "${common[@]}" --set "run.name=$run" --set "run.seed=$seed" $(arm_settings "$arm")
+      collect
+    fi
+    finetune "$run"
+  done
+  control "$seed"
+  finetune "no-pretraining-s$seed"
+  if [ "$seed" = 0 ] && [ ! -f "$OUT/analysis/report.json" ]; then
+    $RM analyze $(for arm in $ARMS; do echo "$OUT/runs/$arm-s0"; done) --out "$OUT/analysis" --no-progress
+    collect
+  fi
+done
+collect
