@@ -1,7 +1,7 @@
 """`ray job submit` entrypoint for pretraining; takes the same arguments as `randommask pretrain`.
 
     ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- \
-        python jobs/pretrain.py --config jobs/configs/pretrain-small.yaml --set run.name=my-run
+        python jobs/pretrain.py --config jobs/configs/collapse-cpu.yaml --set run.name=my-run
 """
 
 import sys

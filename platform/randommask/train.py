@@ -235,15 +235,6 @@ def run_floors(cfg: PretrainConfig) -> dict[str, Any]:
     return floors
 
 
-def floors_text(floors: dict | None) -> str:
-    """One line: the context-free floor and the span-k overlap reference, for progress and summaries."""
-    if not floors or floors.get("context_free") is None:
-        return ""
-    ref = floors.get("eval_span_k_overlap")
-    return f"context-free floor {floors['context_free']:.3f}" + (
-        f", span-k overlap reference ~{ref:.3f}" if ref is not None else "")
-
-
 # ---- the worker ---------------------------------------------------------------------------------
 def mask_figures(loss_sum: float, correct: float, n: float) -> dict[str, float | None]:
     """``mask_loss`` and ``mask_acc``: over labelled positions whose input is [MASK] (None if there are none)."""
