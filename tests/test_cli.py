@@ -36,7 +36,9 @@ def test_demo_prepares_and_pretrains_on_the_real_genome(ecoli, tmp_path):
     assert "done     10/10 steps" in out.stdout
     assert "eval     on [MASK] inputs, fixed validation masks: span-k " in out.stdout
     floors = next(line for line in out.stdout.splitlines() if line.startswith("floors   "))
-    assert "context-free floor 8.1" in floors and "overlap floor ~1.7" in floors  # 24-bp windows: edges hide more
+    assert "context-free floor 8.1" in floors
+    overlap = float(floors.split("overlap floor ~")[1].split()[0])
+    assert 1.3 < overlap < 2.5  # 24-bp windows: spans clipped at the edges hide more than one base
     assert "nats below the context-free floor" in out.stdout
     final = next((tmp_path / "outputs" / "runs").glob("demo-*/final"))
     assert (final / "model.safetensors").exists() and (final / "vocab.txt").exists()

@@ -46,7 +46,9 @@ collect() {  # the small, durable results: what docs/experiments.md reads
   for ft in "$OUT"/finetune/*/; do
     [ -f "$ft/results.json" ] && cp "$ft/results.json" "$KEEP/$(basename "$ft").finetune.json"
   done
-  [ -f "$OUT/analysis/report.json" ] && cp "$OUT/analysis/report.json" "$KEEP/analysis-report.json"
+  for report in "$OUT"/analysis-*/report.json; do
+    [ -f "$report" ] && cp "$report" "$KEEP/$(basename "$(dirname "$report")").report.json"
+  done
   true
 }
 
@@ -85,8 +87,9 @@ for seed in $SEEDS; do
   done
   control "$seed"
   finetune "no-pretraining-s$seed"
-  if [ "$seed" = 0 ] && [ ! -f "$OUT/analysis/report.json" ]; then
-    $RM analyze $(for arm in $ARMS; do echo "$OUT/runs/$arm-s0"; done) --out "$OUT/analysis" --no-progress
+  report="$OUT/analysis-$(echo $ARMS | tr ' ' '-')"  # one report per set of arms, seed 0
+  if [ "$seed" = 0 ] && [ ! -f "$report/report.json" ]; then
+    $RM analyze $(for arm in $ARMS; do echo "$OUT/runs/$arm-s0"; done) --out "$report" --no-progress
     collect
   fi
 done

@@ -35,6 +35,8 @@ def _floor_lines(ax, floors: dict | None, eval_sets: Sequence[str] = ("span_k",)
             seen.add(label)
             grey = "black" if label.startswith("context-free") else "dimgrey"
             ax.axhline(value, color=grey, lw=1, ls="-." if i else "--", alpha=0.7, label=f"{label}: {value:.2f}")
+            lo, hi = ax.get_ylim()  # keep every line inside the frame, with room around it
+            ax.set_ylim(min(lo, value - 0.3), max(hi, value + 0.3))
 
 
 def loss_curves_png(runs: dict[str, Sequence[dict]], title: str = "", floors: dict | None = None) -> bytes:
