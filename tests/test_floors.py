@@ -125,12 +125,14 @@ class CopyOrFrequencies(nn.Module):
         return type("Out", (), {"last_hidden_state": input_ids[..., None].float()})
 
     def cls(self, hidden):
+        # A visible k-mer at a labelled position is kept or random, half and half under 80/10/10:
+        # bet half on it and spread the rest by frequency. [MASK]: the frequencies alone.
         ids = hidden[:, 0].long()
-        logits = self.log_freq.expand(len(ids), -1).clone()
+        probs = self.log_freq.exp().expand(len(ids), -1).clone()
         copy = ids >= NUM_SPECIAL
-        logits[copy] = -30.0
-        logits[copy, ids[copy]] = 30.0
-        return logits
+        probs[copy] *= 0.5
+        probs[copy, ids[copy]] += 0.5
+        return probs.log()
 
 
 @pytest.mark.ray
@@ -144,13 +146,15 @@ def test_a_model_that_copies_kept_tokens_scores_at_the_floor_on_mask_inputs(prep
     from randommask.floors import split_codes, _kmer_counts
 
     counts = torch.tensor(_kmer_counts(split_codes(prepared, "train"), 6), dtype=torch.float64) + 1
-    log_freq = torch.full((4**6 + NUM_SPECIAL,), -30.0)
+    log_freq = torch.full((4**6 + NUM_SPECIAL,), -60.0)
     log_freq[NUM_SPECIAL:] = (counts / counts.sum()).log().float()
     model = SparseMLM(CopyOrFrequencies(log_freq))
     inputs, labels = eval_sets(cfg)["span_k"]
     loss, stats = mlm_forward(model, inputs, labels)
     s = dict(zip(STATS, stats.tolist()))
     mask_loss = s["mask_loss_sum"] / s["mask_selected"]
-    assert s["mask_selected"] > 20_000
+    assert s["mask_selected"] > 4_000  # every validation window of 128 bp
     assert mask_loss == pytest.approx(floors["context_free"], abs=0.05)  # at the floor, not below
-    assert loss.item() < floors["context_free"] - 0.7  # the all-label loss is fooled by the copies
+    # the all-label loss is fooled by the copies: 0.8 H + 0.1 ln 2 + 0.1 (ln 2 + H), 7.49 for E. coli
+    h = floors["context_free"]
+    assert loss.item() == pytest.approx(0.9 * h + 0.2 * math.log(2), abs=0.1) and loss.item() < h - 0.6
