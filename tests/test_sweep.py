@@ -37,6 +37,7 @@ def test_sweep_of_three_tiny_trials_with_asha_on_s3(ray_local, ecoli, tmp_path, 
     assert any(r["status"] == "done" and r["steps"] == 60 for r in rows)
     # ASHA saw the curve: every trial reported the fixed-mask loss at its evaluations
     assert all(r["eval_span_k_loss"] is not None and r["eval_span_k_mask_loss"] is not None for r in rows)
+    assert out["floors"]["context_free"] == pytest.approx(8.17, abs=0.03)  # shown beside the trials
     best = out["best"]  # chosen by the [MASK]-only loss, sweep-tiny.yaml's objective
     assert best["eval_span_k_mask_loss"] == min(r["eval_span_k_mask_loss"] for r in rows if r["status"] == "done")
     root = s3.root / "sweeps" / "k8s" / "sweep-tiny"

@@ -242,6 +242,10 @@ def _run_sweep(args: argparse.Namespace) -> None:
         loss = f"{row['eval_span_k_mask_loss']:.4f}" if row.get("eval_span_k_mask_loss") is not None else "-"
         probe = f" probe {row['probe_score']:.4f}" if row.get("probe_score") is not None else ""
         print(f"trial {row['trial']:<12} {row['status']:<8} steps {row['steps']:>6} eval span-k [MASK] {loss}{probe}  {params}")
+    f = out["floors"] or {}
+    if f.get("context_free") is not None:
+        print(f"floors   context-free floor {f['context_free']:.3f}, span-k overlap reference "
+              f"~{f.get('eval_span_k_overlap') or float('nan'):.3f} (the trials' [MASK]-only losses lie between)")
     if out["best"] is not None:
         print(f"best     {out['best']['trial']} -> {out['best_yaml']}")
     print(f"trials   {out['trials_csv']}")

@@ -274,11 +274,11 @@ def _write_outputs(cfg: SweepConfig, base: dict, results, root: str, runs_uri: s
     w.writeheader()
     w.writerows(rows)
     storage.write_bytes(storage.join(root, "trials.csv"), buf.getvalue().encode())
+    floors_uri = storage.join(runs_uri, rows[0]["run"], "floors.json") if rows else None  # trials share data and windows
+    floors = json.loads(storage.read_bytes(floors_uri)) if floors_uri and storage.exists(floors_uri) else None
     out = {"trials": rows, "best": best, "trials_csv": storage.join(root, "trials.csv"),
-           "curves": storage.join(root, "curves.png"), "best_yaml": None}
+           "curves": storage.join(root, "curves.png"), "best_yaml": None, "floors": floors}
     if curves:
-        floors_uri = storage.join(runs_uri, rows[0]["run"], "floors.json")  # the trials share data and windows
-        floors = json.loads(storage.read_bytes(floors_uri)) if storage.exists(floors_uri) else None
         storage.write_bytes(out["curves"], eval_curves_png(
             curves, title=f"sweep {cfg.name}: fixed span-k validation loss on [MASK] inputs", floors=floors))
     if best is not None:
