@@ -260,6 +260,16 @@ def test_cli_prepare_reports_and_fails_in_one_line(tmp_path, lambda_phage):
     assert errors == [f"randommask: error: {tmp_path / 'p.fa'}: line 2: 'E' is not a nucleotide code "
                       "(protein or other non-DNA FASTA?)"]
     assert "Traceback" not in bad.stderr and not (tmp_path / "bad" / MANIFEST).exists()
+    # Checked in the driver from the file's first bytes: Ray never starts for a wrong input.
+    assert "Ray" not in bad.stderr, bad.stderr
+    (tmp_path / "notes.txt").write_text("meeting notes\nnot a genome\n")
+    plain = subprocess.run(cmd + [str(tmp_path / "notes.txt"), "--out", str(tmp_path / "bad")],
+                           capture_output=True, text=True, timeout=300)
+    assert plain.returncode == 2 and "Ray" not in plain.stderr, plain.stderr
+    assert plain.stderr.strip().splitlines()[-1] == (f"randommask: error: {tmp_path / 'notes.txt'}: line 1: not FASTA: "
+                                                     "no '>' header before the sequence")
+    # Output to a file or pipe: no progress bar fragments (carriage returns), progress or not.
+    assert "\r" not in ok.stderr + plain.stderr
 
 
 def test_bad_dataset_arguments(ecoli_prepared, tmp_path):

@@ -308,7 +308,7 @@ def analyze(paths: list[str], out: str, prepared: str | None = None, finetune_re
             storage_options: dict | None = None, show_progress: bool = True, log=print) -> dict[str, Any]:
     """Analyse one or more runs/checkpoints into ``out``: report.html, report.json and the PNGs."""
     import transformers
-    from tqdm import tqdm
+    from randommask.progress import progress
     from transformers import AutoModelForMaskedLM
 
     from randommask import plots
@@ -357,7 +357,7 @@ def analyze(paths: list[str], out: str, prepared: str | None = None, finetune_re
             inputs.append(analysis_windows(data, wbp, tok, windows, models[-1].config.max_position_embeddings,
                                            storage_options))
         report["windows"] = int(min(len(x) for x in inputs))  # fewer than asked when the split is small
-        bar = tqdm(total=sum(len(x) for x in inputs), desc="attention", unit="window", disable=not show_progress)
+        bar = progress(sum(len(x) for x in inputs), "attention", "windows", show_progress)
         for s, entry, model, ids in zip(sources, report["runs"], models, inputs):
             att = attention_concentration(model, ids, batch_size=batch_size, device=device, progress=bar.update)
             attention[s.label] = att

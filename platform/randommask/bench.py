@@ -22,7 +22,7 @@ from randommask.errors import UserError
 from randommask.genome import cut_windows, genome_codes
 from randommask.masking import make_masker
 from randommask.model import build_mlm, mlm_loss
-from randommask.tokenizer import ALPHABET, NUM_SPECIAL, KmerTokenizer
+from randommask.tokenizer import ALPHABET, KmerTokenizer
 
 DEFAULT_GENOME = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "genomes" / "ecoli_536.fna.gz"
 
@@ -284,11 +284,11 @@ def bench_pipeline(genome: str | None = None, epochs: int = 3, batch: int = 256,
 
 # ---- train-overhead ----------------------------------------------------------------------------
 def _overhead_loop(config: dict) -> float:
-    """Steady-state tokens/s of the pretraining step (train.train_step) on in-memory batches. Runs in
+    """Steady-state tokens/s of the pretraining step (worker.train_step) on in-memory batches. Runs in
     this process, or inside a Ray Train worker when ``config["in_ray"]``."""
     from randommask.config import OptimSection
     from randommask.model import SparseMLM
-    from randommask.train import build_optimizer, train_step
+    from randommask.worker import build_optimizer, train_step
 
     torch.manual_seed(0)
     batches = torch.from_numpy(config["batches"])

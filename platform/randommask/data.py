@@ -28,6 +28,7 @@ from randommask.prepare import read_manifest
 from randommask.tokenizer import INVALID, KmerTokenizer, reverse_complement_codes
 
 SPLITS = ("train", "validation")
+READ_TASK_RETRIES = 3
 
 
 @dataclass
@@ -166,10 +167,7 @@ class _ReadChunk:
         starts = np.asarray(row["read_start"], dtype=np.int64)
         fs, root = storage.filesystem(self.prepared, self.storage_options)
         paths = [f"{root.rstrip('/')}/{s}" for s in row["shard"]]
-        try:
-            parts = fs.cat_ranges(paths, starts.tolist(), (starts + n_win * W).tolist())
-        except Exception as e:
-            raise UserError(storage.describe_error(e, self.prepared)) from None
+        parts = storage.cat_ranges(fs, paths, starts.tolist(), (starts + n_win * W).tolist(), self.prepared)
         t1 = time.perf_counter()
         raw = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(-1, W)  # windows in block order
         codes = raw & CODE_MASK
@@ -250,7 +248,10 @@ def pretraining_dataset(prepared: str, split: str = "train", window_bp: int = 51
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     udf = _ReadChunk(prepared, window_bp, k, stride, seed, epoch, split == "train", rc_prob, max_n_fraction,
                      start_sample, storage_options)
-    return ds.map_batches(udf, batch_size=1, num_cpus=num_cpus, zero_copy_batch=True)
+    # A read that outlasts the storage layer's retry window is retried as a task a few times more,
+    # before the error reaches the training worker (which restarts from its checkpoint).
+    return ds.map_batches(udf, batch_size=1, num_cpus=num_cpus, zero_copy_batch=True, max_retries=READ_TASK_RETRIES,
+                          retry_exceptions=[storage.TransientStorageError])
 
 
 def epoch_size(prepared: str, split: str = "train", window_bp: int = 512, seed: int = 0, epoch: int = 0,

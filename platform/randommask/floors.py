@@ -17,13 +17,16 @@ All are in nats, per [MASK] position. Runs write them to ``<run>/floors.json``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from randommask import storage
 from randommask.genome import CODE_MASK
 from randommask.tokenizer import NUM_SPECIAL, kmer_ids_from_codes
+
+if TYPE_CHECKING:  # torch is imported where the tensors are made, not at module load
+    import torch
 
 FLANK_BP = 3  # 4**6 flank contexts x 4 bases: well sampled on a bacterial genome (~300 per cell)
 PIECE_BP = 1 << 20

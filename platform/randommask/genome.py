@@ -188,6 +188,27 @@ def gzip_errors() -> tuple[type[BaseException], ...]:
     return (EOFError, gzip.BadGzipFile, zlib.error)
 
 
+HEAD_BYTES = 64 << 10
+
+
+def check_head(head: bytes, where: str, complete: bool) -> None:
+    """Validate the first bytes of a FASTA file (``complete``: they are the whole file) the way the
+    full parse would: gzip framing, a '>' header first, valid sequence bytes. Raises UserError with
+    the same one line, so a wrong input fails at once instead of inside a worker."""
+    if head[:2] == b"\x1f\x8b":
+        try:
+            head = zlib.decompressobj(wbits=31).decompress(head, HEAD_BYTES)
+        except zlib.error as e:
+            raise UserError(f"{where}: truncated or corrupt gzip ({e}); re-download or re-compress the file") from None
+        complete = complete and len(head) < HEAD_BYTES
+    if not complete:
+        head = head[: head.rfind(b"\n") + 1]  # whole lines only: a cut line is not an error
+        if not head:
+            return
+    for _ in parse_fasta(io.BytesIO(head), where):
+        pass
+
+
 # ---- whole local files: demos and benchmarks ----------------------------------------------------
 def read_fasta(path: str | Path) -> Iterator[tuple[str, bytes]]:
     """``(name, stored bytes)`` per record of a local FASTA file, validated."""

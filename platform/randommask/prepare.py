@@ -28,7 +28,8 @@ import numpy as np
 from randommask import storage
 from randommask.errors import UserError
 from randommask.genome import (
-    CODE_MASK, SOFT_BIT, HashingReader, gzip_errors, is_fasta_name, open_decompressed, parse_fasta,
+    CODE_MASK, HEAD_BYTES, SOFT_BIT, HashingReader, check_head, gzip_errors, is_fasta_name, open_decompressed,
+    parse_fasta,
 )
 from randommask.tokenizer import INVALID
 
@@ -74,6 +75,21 @@ def expand_sources(sources: list[str], storage_options: dict | None = None) -> l
     if dupes:
         raise UserError(f"{dupes[0]}: named twice among the sources")
     return found
+
+
+def check_sources(inputs: list[dict[str, Any]], storage_options: dict | None = None) -> None:
+    """Read the first 64 KiB of every input and check it is FASTA (gzip framing, '>' header, sequence
+    bytes) in this process, before Ray starts: a wrong file fails in a second with the line the
+    full parse would give. Reads run in parallel: thousands of remote inputs stay quick."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def head(src: dict[str, Any]) -> None:
+        data = storage.read_bytes(src["uri"], storage_options, 0, HEAD_BYTES) if src["size"] else b""
+        check_head(data, src["uri"], complete=src["size"] <= HEAD_BYTES)
+
+    with ThreadPoolExecutor(min(16, max(1, len(inputs)))) as pool:
+        for _ in pool.map(head, inputs):  # the first failure, in input order, is raised
+            pass
 
 
 # ---- one input file, in a Ray task --------------------------------------------------------------
@@ -296,11 +312,13 @@ def prepare(sources: list[str], out: str, val_fraction: float = 0.01, seed: int 
         raise UserError(f"--val-fraction must be in [0, 0.5), got {val_fraction}")
     if min_length < 1:
         raise UserError(f"--min-length must be >= 1, got {min_length}")
-    inputs = expand_sources(sources, storage_options)
-    # Check the destination before any work: a bad endpoint or key fails here, in one line.
-    old_run = None
-    if storage.exists(storage.join(out, MANIFEST), storage_options):
-        old_run = read_manifest(out, storage_options).get("run")
+    with storage.preflight():  # a wrong path, endpoint or key fails in seconds, before Ray starts
+        inputs = expand_sources(sources, storage_options)
+        check_sources(inputs, storage_options)
+        # Check the destination before any work: a bad endpoint or key fails here, in one line.
+        old_run = None
+        if storage.exists(storage.join(out, MANIFEST), storage_options):
+            old_run = read_manifest(out, storage_options).get("run")
     identity = json.dumps({"inputs": inputs, "min_length": min_length, "version": FORMAT_VERSION}, sort_keys=True)
     run = hashlib.sha256(identity.encode()).hexdigest()[:16]
     run_uri = storage.join(out, "shards", run)
@@ -382,9 +400,10 @@ def _build_manifest(inputs, results, records, run, val_fraction, seed, min_lengt
 
 def _wait_with_progress(refs, progress, total_bytes: int, show: bool) -> list[dict]:
     import ray
-    from tqdm import tqdm
 
-    bar = tqdm(total=None, unit="bp", unit_scale=True, desc="prepare", disable=not show, dynamic_ncols=True)
+    from randommask.progress import progress as progress_bar
+
+    bar = progress_bar(None, "prepare", "bp", show, unit_scale=True)
     results, pending = [], list(refs)
     try:
         while pending:

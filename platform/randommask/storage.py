@@ -7,16 +7,23 @@ reads public buckets. Nothing here logs a credential.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import os
 import posixpath
+import random
 import shutil
 import tempfile
-from typing import Any
+import time
+from typing import Any, Iterator
 
 import fsspec
 import s3fs
 
 from randommask.errors import UserError
+
+_log = logging.getLogger(__name__)
 
 # Ranged GETs against S3-compatible servers (rclone, MinIO) carry the whole object's checksum,
 # which botocore would reject for a partial body; checksums stay on where the API requires them.
@@ -29,17 +36,124 @@ _S3_CONFIG = {
 }
 
 
+# How long storage calls keep retrying a transient fault (endpoint down, connection reset, 5xx,
+# throttling) before they give up: long enough to ride out an S3 restart or a network blip, short
+# enough that a dead endpoint still fails the run within minutes. Override per process with
+# RANDOMMASK_STORAGE_RETRY_S (0 turns the retries off).
+RETRY_SECONDS = 180.0
+# Checks before any work starts (a wrong endpoint or key) answer within seconds instead.
+PREFLIGHT_SECONDS = 5.0
+_window: contextvars.ContextVar[float | None] = contextvars.ContextVar("randommask_storage_retry_s", default=None)
+
+
+class TransientStorageError(OSError):
+    """A storage call failed transiently for longer than the retry window; retrying later may work."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for faults that retrying can cure: unreachable endpoint, dropped or timed-out
+    connections, server errors (5xx) and throttling. Missing objects, denied access and bad
+    credentials are permanent: they fail at once."""
+    import errno
+
+    if isinstance(exc, TransientStorageError):
+        return True
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)):
+        return False
+    names = {c.__name__ for c in type(exc).__mro__}
+    transient_names = {
+        "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
+        "HTTPClientError", "ResponseStreamingError", "IncompleteReadError", "ClientConnectionError",
+        "ClientPayloadError", "ServerDisconnectedError", "ServerTimeoutError", "FSTimeoutError",
+        "TimeoutError", "ConnectionError", "IncompleteRead",
+    }
+    if names & transient_names:
+        return not ("NoCredentialsError" in names or "PartialCredentialsError" in names)
+    if isinstance(exc, OSError) and exc.errno in (errno.EBUSY, getattr(errno, "EREMOTEIO", 121), errno.EAGAIN):
+        return True  # s3fs's translation of 5xx, SlowDown and ServiceUnavailable
+    cause = exc.__cause__
+    status = (getattr(cause, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return isinstance(status, int) and (status >= 500 or status == 429)
+
+
+def retry_seconds() -> float:
+    return float(os.environ.get("RANDOMMASK_STORAGE_RETRY_S", RETRY_SECONDS))
+
+
+@contextlib.contextmanager
+def preflight(seconds: float = PREFLIGHT_SECONDS) -> Iterator[None]:
+    """Filesystems made inside this block retry transient faults for ``seconds`` only: for the checks
+    a command makes before it starts work, so a wrong endpoint fails in seconds, not minutes."""
+    token = _window.set(seconds)
+    try:
+        yield
+    finally:
+        _window.reset(token)
+
+
+def backoff(attempt: int, base: float = 0.5, cap: float = 15.0) -> float:
+    """Exponential backoff with full jitter: retries from many workers spread out instead of arriving
+    together when the endpoint comes back."""
+    return random.uniform(0.5, 1.0) * min(cap, base * 2 ** attempt)
+
+
+async def _retrying(call, what: str, window: float):
+    """Await ``call()`` until it succeeds, fails permanently, or transient faults outlast ``window``."""
+    import asyncio
+
+    deadline = time.monotonic() + window
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            delay = backoff(attempt)
+            if time.monotonic() + delay > deadline:
+                if isinstance(e, TransientStorageError):
+                    raise
+                raise TransientStorageError(f"{what}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                                            f"(still failing after {window:.0f} s of retries)") from e
+            attempt += 1
+            _log.warning("storage: %s failed (%s); retry %d in %.1f s", what, type(e).__name__, attempt, delay)
+            await asyncio.sleep(delay)
+
+
 class MarkerlessS3FileSystem(s3fs.S3FileSystem):
-    """Object stores have no directories, and some S3 servers (rclone) reject directory markers:
-    creating a "directory" is a no-op and only objects are ever written. A module-level class, so
-    that it pickles by reference (Ray ships it to the Train controller) and fsspec's instance cache
-    reuses clients and connections."""
+    """The S3 filesystem every reader and writer here shares, Ray Train's controller included.
+
+    - Object stores have no directories, and some S3 servers (rclone) reject directory markers:
+      creating a "directory" is a no-op and only objects are ever written.
+    - Every S3 call, and every object read, retries transient faults with jittered backoff for
+      ``retry_seconds()`` (botocore alone gives up within seconds): an S3 outage shorter than that
+      window stalls a run instead of killing it. Permanent errors fail at once.
+
+    A module-level class, so that it pickles by reference (Ray ships it to the Train controller)
+    and fsspec's instance cache reuses clients and connections."""
+
+    def __init__(self, *args, retry_s: float | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry_s = retry_s  # None: retry_seconds() at each call
+
+    def _window(self) -> float:
+        return retry_seconds() if self.retry_s is None else self.retry_s
 
     async def _mkdir(self, path, create_parents=True, **kwargs):
         return None
 
     async def _makedirs(self, path, exist_ok=False):
         return None
+
+    async def _call_s3(self, method, *akwarglist, **kwargs):
+        parent = super()._call_s3
+        return await _retrying(lambda: parent(method, *akwarglist, **kwargs), f"S3 {method}", self._window())
+
+    async def _cat_file(self, path, version_id=None, start=None, end=None, **kwargs):
+        # The body of a GET can break after its headers arrived: retry the whole ranged read.
+        parent = super()._cat_file
+        return await _retrying(lambda: parent(path, version_id=version_id, start=start, end=end, **kwargs),
+                               f"read {path}", self._window())
 
 
 def split_uri(uri: str) -> tuple[str, str]:
@@ -65,7 +179,8 @@ def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
         if endpoint:
             client_kwargs["endpoint_url"] = endpoint
         config_kwargs = {**_S3_CONFIG, **opts.pop("config_kwargs", {})}
-        fs = MarkerlessS3FileSystem(client_kwargs=client_kwargs, config_kwargs=config_kwargs, **opts)
+        fs = MarkerlessS3FileSystem(client_kwargs=client_kwargs, config_kwargs=config_kwargs, retry_s=_window.get(),
+                                    **opts)
         return fs, path
     if scheme == "file":
         return fsspec.filesystem("file"), path
@@ -117,6 +232,24 @@ def read_bytes(uri: str, storage_options: dict | None = None, start: int | None 
         return fs.cat_file(path, start=start, end=end)
     except Exception as e:  # storage errors vary by backend; turn them into one line
         raise UserError(describe_error(e, uri)) from None
+
+
+def cat_ranges(fs: fsspec.AbstractFileSystem, paths: list[str], starts: list[int], ends: list[int],
+               where: str) -> list[bytes]:
+    """Ranged reads of several objects at once, every part checked. fsspec returns a failed range as
+    an exception object in the list; a part that still fails after the filesystem's own retries is
+    raised here: a permanent fault as a one-line UserError, a transient one as TransientStorageError
+    (Ray Data retries the read task on it)."""
+    try:
+        parts = fs.cat_ranges(paths, starts, ends, on_error="return")
+    except Exception as e:
+        parts = [e]
+    for part in parts:
+        if isinstance(part, BaseException):
+            if is_transient(part):
+                raise TransientStorageError(describe_error(part, where)) from None
+            raise UserError(describe_error(part, where)) from None
+    return parts
 
 
 def exists(uri: str, storage_options: dict | None = None) -> bool:
