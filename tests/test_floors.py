@@ -13,7 +13,7 @@ from randommask.data import validation_windows
 from randommask.floors import compute_floors, context_free_floor, eval_reference, hidden_bases, overlap_reference
 from randommask.model import STATS, SparseMLM, mlm_forward
 from randommask.prepare import prepare
-from randommask.tokenizer import MASK, NUM_SPECIAL, KmerTokenizer
+from randommask.tokenizer import MASK, NUM_SPECIAL
 from randommask.train import eval_sets, run_floors
 
 from conftest import REPO

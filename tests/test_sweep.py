@@ -1,6 +1,5 @@
 """Sweeps over mask schedules: Ray Tune over TorchTrainer runs with ASHA, outputs, resume; the probe."""
 
-import os
 from pathlib import Path
 
 import pytest

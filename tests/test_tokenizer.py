@@ -7,7 +7,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from randommask import KmerTokenizer
-from randommask.errors import UserError
 from randommask.tokenizer import (
     CLS, PAD, SEP, UNK, codes_from_bytes, kmer_ids_from_codes, reverse_complement_codes,
 )

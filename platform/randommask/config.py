@@ -91,11 +91,16 @@ class RunSection(_Section):
     name: str = Field("pretrain", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     storage_path: str = "outputs/runs"
     checkpoint_every: int = Field(200, ge=1)
+    checkpoint_minutes: Optional[float] = Field(
+        30.0, gt=0, description="also checkpoint when this much wall-clock time passed since the last one "
+        "(decided at log steps); null: by step only")
     eval_every: int = Field(200, ge=1)
     eval_windows: int = Field(256, ge=1, description="fixed validation windows per evaluation")
     log_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(0, ge=-1, description="worker failures survived (-1: unlimited)")
+    restart_backoff_s: float = Field(10.0, ge=0, description="wait before the Nth restart in one job: "
+                                     "this x 2^(N-1), jittered, at most 5 minutes")
     seed: int = 0
     stop_after: Optional[int] = Field(None, ge=1, description="checkpoint and stop at this step; resume later")
 

@@ -28,7 +28,7 @@ from randommask.prepare import read_manifest
 from randommask.tokenizer import INVALID, KmerTokenizer, reverse_complement_codes
 
 SPLITS = ("train", "validation")
-READ_TASK_RETRIES = 3
+READ_RETRIES = 3  # whole-chunk retries after the storage layer's own (see _ReadChunk)
 
 
 @dataclass
@@ -167,7 +167,17 @@ class _ReadChunk:
         starts = np.asarray(row["read_start"], dtype=np.int64)
         fs, root = storage.filesystem(self.prepared, self.storage_options)
         paths = [f"{root.rstrip('/')}/{s}" for s in row["shard"]]
-        parts = storage.cat_ranges(fs, paths, starts.tolist(), (starts + n_win * W).tolist(), self.prepared)
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                parts = storage.cat_ranges(fs, paths, starts.tolist(), (starts + n_win * W).tolist(), self.prepared)
+                break
+            except storage.TransientStorageError:
+                # The storage layer already retried for its window; a few more spaced tries before the
+                # error reaches the training worker (which would restart the group from a checkpoint).
+                # In the task rather than as Ray task retries: Ray 2.60 deprecates map_batches' retry args.
+                if attempt == READ_RETRIES:
+                    raise
+                time.sleep(storage.backoff(attempt, base=10.0, cap=60.0))
         t1 = time.perf_counter()
         raw = np.frombuffer(b"".join(parts), dtype=np.uint8).reshape(-1, W)  # windows in block order
         codes = raw & CODE_MASK
@@ -248,10 +258,7 @@ def pretraining_dataset(prepared: str, split: str = "train", window_bp: int = 51
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     udf = _ReadChunk(prepared, window_bp, k, stride, seed, epoch, split == "train", rc_prob, max_n_fraction,
                      start_sample, storage_options)
-    # A read that outlasts the storage layer's retry window is retried as a task a few times more,
-    # before the error reaches the training worker (which restarts from its checkpoint).
-    return ds.map_batches(udf, batch_size=1, num_cpus=num_cpus, zero_copy_batch=True, max_retries=READ_TASK_RETRIES,
-                          retry_exceptions=[storage.TransientStorageError])
+    return ds.map_batches(udf, batch_size=1, num_cpus=num_cpus, zero_copy_batch=True)
 
 
 def epoch_size(prepared: str, split: str = "train", window_bp: int = 512, seed: int = 0, epoch: int = 0,

@@ -124,7 +124,7 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
         resources["GPU"] = cfg.scaling.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "floors": floors},
+        train_loop_config={"config": cfg.model_dump(mode="json"), "floors": floors, "launched": time.time()},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import random
 import tempfile
 import time
 import zlib
@@ -181,6 +182,9 @@ class Worker:
         if len(state["positions"]) == self.world:
             self.position = dict(state["positions"][self.rank])
             torch.set_rng_state(state["rng"][self.rank])
+            cuda_rng = (state.get("cuda_rng") or [None] * self.world)[self.rank]
+            if self.cuda and cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)  # dropout on the GPU continues its stream
         else:  # a different number of workers: restart the current epoch
             self.position = {"epoch": max(p["epoch"] for p in state["positions"]), "sample": 0}
         return self.step
@@ -190,6 +194,7 @@ class Worker:
 
         positions = self._gather(dict(self.position))
         rngs = self._gather(torch.get_rng_state())
+        cuda_rngs = self._gather(torch.cuda.get_rng_state(self.device) if self.cuda else None)
         name = f"step_{self.step:08d}"
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
@@ -198,7 +203,8 @@ class Worker:
             self.mlm.save_pretrained(os.path.join(d, "model"))
             self.tok.save_pretrained(os.path.join(d, "model"))
             torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "step": self.step,
-                        "tokens": self.tokens, "positions": positions, "rng": rngs, "history": self.history,
+                        "tokens": self.tokens, "positions": positions, "rng": rngs, "cuda_rng": cuda_rngs,
+                        "history": self.history,
                         "config": self.cfg.model_dump(mode="json")}, os.path.join(d, STATE_FILE))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
         write_jsonl(storage.join(self.base, "metrics.jsonl"), self.history)
@@ -260,6 +266,11 @@ class Worker:
                         mask_figures(t["mask_loss_sum"], t["mask_correct"], t["mask_selected"]).items()})
         return out
 
+    @torch.no_grad()
+    def param_checksum(self) -> float:
+        """The sum of every parameter, in float64: a cheap fingerprint of this rank's weights."""
+        return float(sum(p.double().sum() for p in self.mlm.parameters()))
+
     def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.world == 1:
             return t
@@ -277,13 +288,18 @@ class Worker:
         data = self.batches()
         max_steps = cfg.optim.max_steps
         stop = min(max_steps, cfg.run.stop_after or max_steps)
-        keys = ("loss", *STATS, "tokens", "wait", "steps")  # summed over the steps since the last line
+        # Summed over the steps since the last line; "due" counts ranks whose checkpoint interval has
+        # passed, so every rank takes the same decision from the same all-reduce.
+        keys = ("loss", *STATS, "tokens", "wait", "steps", "due")
+        interval = 60 * cfg.run.checkpoint_minutes if cfg.run.checkpoint_minutes else math.inf
+        t_ckpt = time.monotonic()
         window = torch.zeros(len(keys), dtype=torch.float64)
         t_window = time.perf_counter()
         t_start, step_start = time.perf_counter(), self.step
         crc = 0
         while self.step < stop:
             s = self.train_step(data)
+            s["due"] = 0.0
             window += torch.tensor([s.get(key, 1.0) for key in keys], dtype=torch.float64)
             crc = s["crc"]
             last = self.step == stop
@@ -292,7 +308,9 @@ class Worker:
             ckpt_now = self.step % cfg.run.checkpoint_every == 0 or last
             if not (log_now or eval_now or ckpt_now):
                 continue
+            window[keys.index("due")] = float(time.monotonic() - t_ckpt >= interval)
             tot = dict(zip(keys, self._all_reduce(window.clone()).tolist()))
+            ckpt_now = ckpt_now or tot["due"] > 0
             elapsed = time.perf_counter() - t_window
             self.tokens += int(tot["tokens"])
             lo, hi = self.masker.span_bounds(self.step - 1)
@@ -315,10 +333,14 @@ class Worker:
                 self.metrics.update(line)
                 if cfg.observability.progress:
                     self._progress(line, (time.perf_counter() - t_start) / max(1, self.step - step_start))
+            # What goes to Ray (Tune, the controller, callbacks) also carries this rank's parameter
+            # checksum: identical on every rank while DDP keeps them in step.
+            report = {**line, "param_checksum": self.param_checksum()} if (ckpt_now or eval_now) else line
             if ckpt_now:
-                self.save_checkpoint(line)
+                self.save_checkpoint(report)
+                t_ckpt = time.monotonic()
             elif eval_now:
-                ray.train.report(line)  # intermediate metrics for Tune / the controller
+                ray.train.report(report)  # intermediate metrics for Tune / the controller
                 if self.rank == 0:  # a run stopped from outside (e.g. by ASHA) keeps its curve
                     write_jsonl(storage.join(self.base, "metrics.jsonl"), self.history)
         if self.rank == 0 and self.step >= max_steps:
@@ -365,12 +387,39 @@ class Worker:
                                             floors=self.floors))
 
 
+def restart_delay(restarts: int, base: float, cap: float = 300.0) -> float:
+    """Seconds to wait before restart number ``restarts`` (0: the first start, no wait): doubling,
+    jittered, capped, so a fault that outlasts one restart does not spend every allowed failure
+    within seconds, and many workers do not all come back at the same instant."""
+    if restarts <= 0 or base <= 0:
+        return 0.0
+    return min(cap, base * 2 ** (restarts - 1)) * random.uniform(0.5, 1.0)
+
+
+def restart_backoff(cfg: PretrainConfig, launched: float | None) -> float:
+    """Sleep before a restart of the worker group inside one ``pretrain`` call (the starts logged in
+    events.jsonl since the driver ``launched`` it); returns the seconds slept."""
+    if launched is None:
+        return 0.0
+    try:
+        events = read_jsonl(storage.join(run_uri(cfg), "events.jsonl"))
+    except UserError:
+        events = []  # storage still down: the first read below retries it anyway
+    restarts = sum(1 for e in events if e.get("time", 0) >= launched)
+    delay = restart_delay(restarts, cfg.run.restart_backoff_s)
+    if delay:
+        print(f"[{cfg.run.name}] restart {restarts} of this job: waiting {delay:.0f} s before resuming", flush=True)
+        time.sleep(delay)
+    return delay
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
     _quiet_worker_logs()
     cfg = PretrainConfig.model_validate(loop_config["config"])
+    restart_backoff(cfg, loop_config.get("launched"))
     ctx = ray.train.get_context()
     Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
            loop_config.get("floors")).run()
