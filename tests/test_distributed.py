@@ -128,7 +128,10 @@ def test_two_workers_with_accumulation_stay_in_step_and_resume_on_one(prepared, 
 def test_one_worker_resumes_on_two(prepared, tmp_path, ray_local):
     common = ["optim.max_steps=16", "run.log_every=4", "run.checkpoint_every=8", "run.eval_every=8",
               "masking.phase_ends=[4,8,12,14,16]"]
-    pretrain(tiny(prepared, tmp_path, "grow", *common, "run.stop_after=8"))
+    # The first leg checkpoints by wall-clock time (at every log step here), not by step count.
+    pretrain(tiny(prepared, tmp_path, "grow", *common, "run.stop_after=8", "run.checkpoint_every=1000",
+                  "run.checkpoint_minutes=0.0001"))
+    assert sorted(p.name for p in (tmp_path / "grow").glob("step_*")) == ["step_00000004", "step_00000008"]
     summary = pretrain(tiny(prepared, tmp_path, "grow", *common, *TWO))
     assert summary["finished"] and summary["step"] == 16
     events = lines(tmp_path / "grow" / "events.jsonl")
