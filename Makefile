@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 GENOME ?= ../shared/data/genomes/ecoli_536.fna.gz
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ bench: $(STAMP)
 	$(VENV)/bin/randommask bench mlm-step
 	$(VENV)/bin/randommask bench pipeline
 	$(VENV)/bin/randommask bench train-overhead
+
+# The CUDA paths the CPU suite cannot run (docs/testing.md). On a bare GPU machine without .venv:
+#   PYTHONPATH=platform python3 -m randommask.gpu_check
+gpu-check: $(STAMP)
+	PYTHONPATH=platform $(PY) -m randommask.gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info platform/*.egg-info

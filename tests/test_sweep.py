@@ -48,11 +48,34 @@ def test_sweep_of_three_tiny_trials_with_asha_on_s3(ray_local, ecoli, tmp_path, 
     assert (root / "trials.csv").read_text().count("\n") == 4
     assert len(list((root / "runs").glob("sweep-tiny-*/final/config.json"))) >= 1
 
-    # Rerunning the same sweep resumes its Tune experiment instead of starting over.
+    # Rerunning the same sweep resumes its Tune experiment instead of starting over. With a probe
+    # objective, the finished trials best by the search metric are judged by the linear probe on
+    # their finals, which live on S3 (each is fetched to the probing node first).
+    gue_dir = SHARED / "data" / "gue"
+    probe = (f"objective={{metric: probe_score, mode: max, probe: {{gue_dir: {gue_dir}, "
+             "datasets: [prom/prom_core_tata], max_train: 200, max_eval: 100, top: 2}}")
     logs = []
-    again = sweep(str(SWEEP), overrides, log=logs.append)
+    again = sweep(str(SWEEP), [*overrides, probe], log=logs.append)
     assert any("resuming s3://sweeps/k8s/sweep-tiny/tune/sweep-tiny" in line for line in logs)
     assert sorted(r["trial"] for r in again["trials"]) == sorted(r["trial"] for r in rows)
+    done = sorted((r for r in again["trials"] if r["status"] == "done"), key=lambda r: r["eval_span_k_mask_loss"])
+    probed = [r for r in again["trials"] if r.get("probe_score") is not None]
+    assert sorted(r["trial"] for r in probed) == sorted(r["trial"] for r in done[:2])
+    assert all(-1 <= r["probe_score"] <= 1 and "probe_prom/prom_core_tata" in r for r in probed)
+    assert again["best"]["probe_score"] == max(r["probe_score"] for r in probed)
+
+
+@pytest.mark.ray
+def test_a_sweep_whose_trials_fail_exits_non_zero(ray_local, tmp_path, capsys):
+    from randommask.cli import main
+
+    rc = main(["sweep", "--config", str(SWEEP), "--set", f"storage_path={tmp_path}",
+               "--set", f"set=[data.prepared={tmp_path / 'not-prepared'},optim.max_steps=20]",
+               "--set", "search.space={masking.strategy: {grid: [bert]}}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("randommask: error: 1 of 1 trial(s) failed (trial ") and "no manifest.json" in err[-1]
+    assert (tmp_path / "sweep-tiny" / "trials.csv").exists() and not (tmp_path / "sweep-tiny" / "best.yaml").exists()
 
 
 def test_trial_config_drops_parameters_the_strategy_does_not_take(tmp_path):

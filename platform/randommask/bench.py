@@ -20,6 +20,7 @@ import torch
 
 from randommask.errors import UserError
 from randommask.genome import cut_windows, genome_codes
+from randommask.hardware import peak_bf16_flops, train_flops_per_token
 from randommask.masking import make_masker
 from randommask.model import build_mlm, mlm_loss
 from randommask.tokenizer import ALPHABET, KmerTokenizer
@@ -142,19 +143,6 @@ def bench_mask(genome: str | None = None, batch: int = 32, seq_len: int = 512, k
 
 
 # ---- mlm-step ----------------------------------------------------------------------------------
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-
-
-def train_flops_per_token(model, seq_len: int, masked_fraction: float) -> float:
-    """Model FLOPs per token for forward+backward: matmuls, attention, and the head on masked tokens."""
-    c = model.config
-    h, layers, inter, vocab = c.hidden_size, c.num_hidden_layers, c.intermediate_size, c.vocab_size
-    per_layer = 4 * h * h + 2 * h * inter
-    attention = 2 * h * seq_len  # QK^T and AV per token per layer
-    head = (h * h + h * vocab) * masked_fraction
-    return 6 * (layers * per_layer + head) + 6 * layers * attention
-
-
 def bench_mlm_step(genome: str | None = None, preset: str = "tiny", batch: int = 16, seq_len: int = 512,
                    k: int = 6, steps: int = 5, device: str = "cpu", seed: int = 0, compile: bool = False) -> dict:
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -208,10 +196,10 @@ def bench_mlm_step(genome: str | None = None, preset: str = "tiny", batch: int =
     }
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
-        peak = next((v for key, v in PEAK_BF16_FLOPS.items() if key in name), None)
-        flops = train_flops_per_token(model, inputs.shape[1], frac) * tokens / t_ours
+        card = peak_bf16_flops(name)
+        flops = train_flops_per_token(model.config, inputs.shape[1], frac) * tokens / t_ours
         out.update(gpu=name, dtype="bf16", tflops=round(flops / 1e12, 1),
-                   mfu=round(flops / peak, 3) if peak else None)
+                   mfu=round(flops / card[1], 3) if card else None)
     return out
 
 
@@ -284,11 +272,11 @@ def bench_pipeline(genome: str | None = None, epochs: int = 3, batch: int = 256,
 
 # ---- train-overhead ----------------------------------------------------------------------------
 def _overhead_loop(config: dict) -> float:
-    """Steady-state tokens/s of the pretraining step (worker.train_step) on in-memory batches. Runs in
+    """Steady-state tokens/s of the pretraining step (step.train_step) on in-memory batches. Runs in
     this process, or inside a Ray Train worker when ``config["in_ray"]``."""
     from randommask.config import OptimSection
     from randommask.model import SparseMLM
-    from randommask.worker import build_optimizer, train_step
+    from randommask.step import build_optimizer, train_step
 
     torch.manual_seed(0)
     batches = torch.from_numpy(config["batches"])
@@ -347,8 +335,90 @@ def bench_train_overhead(genome: str | None = None, preset: str = "tiny", batch:
     }
 
 
+# ---- e2e ---------------------------------------------------------------------------------------
+def _dnabert_loop(seqs: list[str], preset: str, batch: int, steps: int, warmup: int, k: int, seed: int) -> dict:
+    """What a DNABERT user runs: k-mer text tokenized up front by a BERT tokenizer, a shuffled torch
+    DataLoader, DNABERT's per-row Python span masking, the full-vocabulary MLM loss, AdamW."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    hf = _hf_tokenizer(k)
+    t0 = time.perf_counter()
+    enc = hf([" ".join(s[i : i + k] for i in range(len(s) - k + 1)) for s in seqs], return_tensors="pt")
+    tokenize_s = time.perf_counter() - t0
+    torch.manual_seed(seed)
+    model = build_mlm(preset, k).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.01)
+    loader = DataLoader(TensorDataset(enc["input_ids"], enc["attention_mask"]), batch_size=batch, shuffle=True,
+                        drop_last=True, generator=torch.Generator().manual_seed(seed))
+    rng = random.Random(seed)
+    done, tokens = 0, 0
+    while done < steps:
+        for ids, attn in loader:
+            if done == warmup:
+                t0 = time.perf_counter()
+            inputs, labels = dnabert_style_mask(ids, hf, 0.025, k, k, rng)
+            loss = model(input_ids=inputs, attention_mask=attn, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done += 1
+            tokens += ids.numel() if done > warmup else 0
+            if done == steps:
+                break
+    return {"tokens_per_s": tokens / (time.perf_counter() - t0), "tokenize_s": tokenize_s,
+            "torch_threads": torch.get_num_threads(), "loss": float(loss.detach())}
+
+
+def bench_e2e(genome: str | None = None, preset: str = "tiny", batch: int = 32, window_bp: int = 128,
+              steps: int = 300, warmup: int = 30, k: int = 6, seed: int = 0) -> dict:
+    """Tokens/s of a whole pretraining: ours through Ray Train (Ray Data stream from prepared
+    shards, masking on the device, sparse loss, AdamW, metrics and a final checkpoint), against a
+    DNABERT-style loop on the same model, genome, window and batch size, on this machine. Steady
+    state after ``warmup`` steps for both; our whole-command figure (Ray start-up included) too."""
+    from randommask.config import PretrainConfig
+    from randommask.prepare import prepare
+    from randommask.train import pretrain
+
+    path = resolve_genome(genome)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        prepare([str(path)], f"{tmp}/prepared", seed=seed, show_progress=False)
+        prepare_s = time.perf_counter() - t0
+        cfg = PretrainConfig.model_validate({
+            "data": {"prepared": f"{tmp}/prepared", "window_bp": window_bp, "k": k},
+            "masking": {"strategy": "randommask", "phase_ends": [steps // 5 * (i + 1) for i in range(4)] + [steps]},
+            "model": {"preset": preset},
+            "optim": {"lr": 5e-3, "warmup_steps": 10, "batch_size": batch, "max_steps": steps},
+            "run": {"name": "bench-e2e", "storage_path": f"{tmp}/runs", "log_every": 10, "eval_every": steps,
+                    "checkpoint_every": steps, "eval_windows": 64, "seed": seed},
+            "observability": {"progress": False, "ray_metrics": False},
+        })
+        t0 = time.perf_counter()
+        summary = pretrain(cfg)
+        wall_s = time.perf_counter() - t0
+        lines = [json.loads(x) for x in Path(tmp, "runs", "bench-e2e", "metrics.jsonl").read_text().splitlines()]
+    start = next(x for x in lines if x["step"] >= warmup)
+    # The last line's own window only: its time stamp precedes the final evaluation and checkpoint.
+    end = lines[-1]
+    ours = (end["tokens"] - start["tokens"]) / max(end["time"] - start["time"], 1e-9)
+    seqs = _windows_as_str(str(path), batch * steps, window_bp, seed)
+    base = _dnabert_loop(seqs, preset, batch, steps, warmup, k, seed)
+    return {
+        "bench": "e2e", "preset": preset, "batch": batch, "window_bp": window_bp, "steps": steps,
+        "timed_steps": steps - warmup, "genome": path.name,
+        "ours_tokens_per_s": round(ours), "baseline_tokens_per_s": round(base["tokens_per_s"]),
+        "ratio": round(ours / base["tokens_per_s"], 2),
+        "ours_whole_command_tokens_per_s": round(summary["tokens"] / wall_s), "ours_wall_s": round(wall_s, 1),
+        "prepare_s": round(prepare_s, 1), "baseline_tokenize_s": round(base["tokenize_s"], 1),
+        "torch_threads": {"ours": "Ray Train worker (scaling.cpus_per_worker=1)", "baseline": base["torch_threads"]},
+        "baseline": "DNABERT-style: BertTokenizerFast k-mer text up front, torch DataLoader, per-row Python span "
+                    "masking, full-vocabulary loss, AdamW",
+    }
+
+
 BENCHES = {"tokenize": bench_tokenize, "mask": bench_mask, "mlm-step": bench_mlm_step, "pipeline": bench_pipeline,
-           "train-overhead": bench_train_overhead}
+           "train-overhead": bench_train_overhead, "e2e": bench_e2e}
 
 
 def print_result(result: dict) -> None:

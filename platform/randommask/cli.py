@@ -38,7 +38,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     to.add_argument("--batch", type=int, default=32)
     to.add_argument("--window-bp", type=int, default=128)
     to.add_argument("--steps", type=int, default=40)
-    for q in (t, m, s, pl, to):
+    e2e = bs.add_parser("e2e", help="a whole pretraining through Ray Train vs a DNABERT-style training loop")
+    e2e.add_argument("--preset", default="tiny")
+    e2e.add_argument("--batch", type=int, default=32)
+    e2e.add_argument("--window-bp", type=int, default=128)
+    e2e.add_argument("--steps", type=int, default=300)
+    e2e.add_argument("--warmup", type=int, default=30, help="steps left out of the timing, both sides")
+    for q in (t, m, s, pl, to, e2e):
         q.add_argument("--genome", help="FASTA file (default: ../shared/data/genomes/ecoli_536.fna.gz)")
         q.add_argument("--k", type=int, default=6)
         q.add_argument("--seed", type=int, default=0)
@@ -55,6 +61,9 @@ def _run_bench(args: argparse.Namespace) -> None:
     elif args.bench == "train-overhead":
         result = bench.bench_train_overhead(preset=args.preset, batch=args.batch, window_bp=args.window_bp,
                                             steps=args.steps, **common)
+    elif args.bench == "e2e":
+        result = bench.bench_e2e(preset=args.preset, batch=args.batch, window_bp=args.window_bp, steps=args.steps,
+                                 warmup=args.warmup, **common)
     elif args.bench == "pipeline":
         result = bench.bench_pipeline(epochs=args.epochs, batch=args.batch, window_bp=args.window_bp, **common)
     else:
@@ -250,6 +259,13 @@ def _run_sweep(args: argparse.Namespace) -> None:
         print(f"best     {out['best']['trial']} -> {out['best_yaml']}")
     print(f"trials   {out['trials_csv']}")
     print(f"curves   {out['curves']}")
+    # A sweep with failed trials, or with no winner, must fail its job (a RayJob would "succeed").
+    failed = [row for row in out["trials"] if row["status"] == "error"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(out['trials'])} trial(s) failed (trial {failed[0]['trial']}: "
+                        f"{failed[0]['error']}); see {out['trials_csv']}")
+    if out["best"] is None:
+        raise UserError(f"no finished trial has the objective metric; nothing to choose from (see {out['trials_csv']})")
 
 
 def _add_analyze(sub: argparse._SubParsersAction) -> None:

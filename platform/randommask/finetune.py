@@ -27,7 +27,10 @@ import torch
 
 from randommask import gue, storage
 from randommask.errors import UserError
+from randommask.model import autocast
 from randommask.tokenizer import KmerTokenizer
+
+TRIAL_RETRIES = 2  # a trial that fails (lost node, storage fault) runs again from its start
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
@@ -111,7 +114,8 @@ def _predict(model, ids: torch.Tensor, attn: torch.Tensor, device: torch.device,
     model.eval()
     preds = []
     for i in range(0, len(ids), batch):
-        out = model(input_ids=ids[i : i + batch].to(device), attention_mask=attn[i : i + batch].to(device))
+        with autocast(device):
+            out = model(input_ids=ids[i : i + batch].to(device), attention_mask=attn[i : i + batch].to(device))
         preds.append(out.logits.argmax(-1).cpu())
     return torch.cat(preds).numpy()
 
@@ -168,8 +172,9 @@ def run_trial(p: dict[str, Any], report=None) -> dict[str, Any]:
         order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n_train))
         for i in range(0, n_train, batch):
             rows = order[i : i + batch]
-            out = model(input_ids=ids[rows].to(device), attention_mask=attn[rows].to(device),
-                        labels=labels[rows].to(device))
+            with autocast(device):
+                out = model(input_ids=ids[rows].to(device), attention_mask=attn[rows].to(device),
+                            labels=labels[rows].to(device))
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -229,9 +234,14 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
         log(f"skipping {len(missing)} dataset(s) not in {gue_dir}: {', '.join(missing)}")
     if not present:
         raise UserError(f"{gue_dir}: none of the asked GUE datasets is there")
+    cost: dict[str, float] = {}
     for name in present:  # validate every CSV before any trial starts
         for split in gue.SPLITS:
-            gue.read_split(gue_dir, name, split, storage_options)
+            seqs, _ = gue.read_split(gue_dir, name, split, storage_options)
+            if split == "train":  # rows x length x epochs: what a trial's time scales with
+                ds = gue.REGISTRY[name]
+                rows = min(len(seqs), max_train or len(seqs))
+                cost[name] = rows * max(len(x) for x in seqs) * (epochs or ds.epochs)
     published = load_baselines(baselines) if baselines else None
     local_ckpt = node_checkpoint(checkpoint, storage_options)  # fails here, before any trial, if unusable
     KmerTokenizer.from_pretrained(local_ckpt)
@@ -250,7 +260,8 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
     finished = {pair: t for pair, t in finished.items() if t is not None}
     for t in finished.values():  # a finished trial counts only if it ran with these settings
         _check_same_settings(t, requested, out)
-    todo = [pair for pair in pairs if pair not in finished]
+    # The longest trials (covid, EMP) start first, so they do not finish alone at the end of a sweep.
+    todo = sorted((pair for pair in pairs if pair not in finished), key=lambda pair: (-cost[pair[0]], pair))
     log(f"finetune {len(pairs)} trial(s) ({len(present)} dataset(s) x {seeds} seed(s)); "
         f"{len(pairs) - len(todo)} already finished, {len(todo)} to run")
     failures: dict[tuple[str, int], str] = {}
@@ -300,7 +311,8 @@ def _run_tune(todo: list[tuple[str, int]], common: dict, cpus: float, gpus: floa
         tune_config=tune.TuneConfig(reuse_actors=False),
         run_config=tune.RunConfig(name=f"finetune-{time.strftime('%Y%m%d-%H%M%S')}",
                                   storage_path=tune_path, storage_filesystem=tune_fs, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  # a lost node or a storage fault: run the trial again (it starts over)
+                                  failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES)),
     )
     grid_results = tuner.fit()
     failures = {}
@@ -442,6 +454,7 @@ def linear_probe(model_dir: str, gue_dir: str, datasets: list[str], max_train: i
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    model_dir = node_checkpoint(model_dir, storage_options)  # a sweep trial's final may be on S3
     scores = {}
     for name in datasets:
         ds = gue.REGISTRY[name]

@@ -7,6 +7,7 @@ projects only them; the loss equals Hugging Face's full-vocabulary loss.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -126,3 +127,13 @@ def unwrap_mlm(model: nn.Module) -> BertForMaskedLM:
             raise TypeError(f"no BertForMaskedLM inside {type(model).__name__}")
         model = inner
     return model
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (with TF32 for what stays in fp32); fp32 on CPU. One code path for both:
+    pretraining, fine-tuning and the GPU check."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return torch.autocast("cuda", dtype=torch.bfloat16)

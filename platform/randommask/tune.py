@@ -75,6 +75,7 @@ class ProbeSection(_Strict):
     datasets: list[str]
     max_train: int = Field(2000, ge=10)
     max_eval: int = Field(1000, ge=10)
+    top: int = Field(3, ge=1, description="finished trials probed after the search, the best by the search metric")
 
 
 class ObjectiveSection(_Strict):
@@ -154,12 +155,23 @@ def _param_space(search: SearchSection) -> dict[str, Any]:
 EVAL_KEYS = ("eval_span_k_mask_loss", "eval_span_2k_mask_loss", "eval_span_k_loss", "eval_span_2k_loss")
 
 
+def search_metric(cfg: SweepConfig) -> tuple[str, str]:
+    """The metric (and mode) the searcher learns from and ASHA stops on: one metric for both, reported
+    at every evaluation, so every trial, stopped early or not, teaches the search. A probe objective
+    is not reported during training; it judges the top trials after the search instead."""
+    obj = cfg.objective
+    if not obj.metric.startswith("probe_"):
+        return obj.metric, obj.mode
+    if cfg.scheduler and "asha" in cfg.scheduler:
+        return cfg.scheduler["asha"].metric, cfg.scheduler["asha"].mode
+    return "eval_span_k_mask_loss", "min"
+
+
 def _trial(config: dict) -> None:
-    """One Tune trial: a pretraining run whose evaluations reach Tune, then the optional probe."""
+    """One Tune trial: a pretraining run whose evaluations reach Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from randommask.finetune import linear_probe
     from randommask.train import pretrain
 
     sweep = SweepConfig.model_validate(config["sweep"])
@@ -167,12 +179,8 @@ def _trial(config: dict) -> None:
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(config["base"], params, sweep, trial_id, config["runs_uri"])
     summary = pretrain(cfg, callbacks=[TuneReportCallback()])
-    final = {"step": summary["step"], "trial_complete": True, "train_loss": summary["train_loss"],
-             **{key: summary[key] for key in EVAL_KEYS}}
-    probe = sweep.objective.probe
-    if probe is not None and summary["final"]:
-        final.update(linear_probe(summary["final"], probe.gue_dir, probe.datasets, probe.max_train, probe.max_eval))
-    tune.report(final)
+    tune.report({"step": summary["step"], "trial_complete": True, "train_loss": summary["train_loss"],
+                 **{key: summary[key] for key in EVAL_KEYS}})
 
 
 def sweep(path: str, overrides: list[str] | None = None, log=print) -> dict[str, Any]:
@@ -191,19 +199,19 @@ def sweep(path: str, overrides: list[str] | None = None, log=print) -> dict[str,
         base = _absolute_data_paths(base)
     runs_uri = storage.join(root, "runs")
     ensure_ray()
-    # The probe metric exists only in each trial's final report; Tune must not demand it earlier.
+    # Checkpoint-only reports carry no evaluation: Tune must not demand the metric in every report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    obj = cfg.objective
+    metric, mode = search_metric(cfg)
     scheduler = None
     if cfg.scheduler and "asha" in cfg.scheduler:
         a = cfg.scheduler["asha"]
         max_steps = int(base.get("optim", {}).get("max_steps", 1000))
         # max_t one past the last step: ASHA stops a trial at max_t, and a finished trial must still
-        # report its final (probe) metrics itself.
+        # report its final metrics itself.
         scheduler = ASHAScheduler(time_attr="step", metric=a.metric, mode=a.mode, max_t=max_steps + 1,
                                   grace_period=a.grace_period, reduction_factor=a.reduction_factor)
     if cfg.search.algorithm == "optuna":
-        searcher, limit = OptunaSearch(metric=obj.metric, mode=obj.mode, seed=cfg.search.seed), cfg.search.max_concurrent
+        searcher, limit = OptunaSearch(metric=metric, mode=mode, seed=cfg.search.seed), cfg.search.max_concurrent
     else:  # seeded sampling; it limits its own concurrency (Tune's limit applies to Searchers only)
         searcher = BasicVariantGenerator(random_state=cfg.search.seed, max_concurrent=cfg.search.max_concurrent)
         limit = None
@@ -220,8 +228,8 @@ def sweep(path: str, overrides: list[str] | None = None, log=print) -> dict[str,
         space = {**_param_space(cfg.search), "sweep": cfg.model_dump(mode="json"), "base": base, "runs_uri": runs_uri}
         tuner = tune.Tuner(
             trainable, param_space=space,
-            # metric/mode live in the searcher and the scheduler (they may differ: probe vs eval loss);
-            # the best trial is picked in _write_outputs.
+            # metric/mode live in the searcher and the scheduler; the best trial is picked in
+            # _write_outputs (by the probe, when the objective is one).
             tune_config=tune.TuneConfig(num_samples=cfg.search.num_samples,
                                         max_concurrent_trials=limit, scheduler=scheduler,
                                         search_alg=searcher),
@@ -260,11 +268,12 @@ def _write_outputs(cfg: SweepConfig, base: dict, results, root: str, runs_uri: s
                          history and history[-1]["step"] >= max_steps) else "stopped"),
                      "steps": history[-1]["step"] if history else 0,
                      **{key: evals[-1].get(key) if evals else None for key in EVAL_KEYS},
-                     **{k: v for k, v in metrics.items() if k.startswith("probe_")},
                      "error": str(r.error).splitlines()[-1] if r.error else ""})
         if evals:
             label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items())
             curves[f"{trial_id} ({label})" if label else trial_id] = evals
+    if obj.probe is not None:
+        _probe_top(rows, cfg, runs_uri)
     scored = [x for x in rows if x.get(obj.metric) is not None and x["status"] == "done"]
     best = (min if obj.mode == "min" else max)(scored, key=lambda x: x[obj.metric]) if scored else None
     keys = list(dict.fromkeys(k for x in rows for k in x))
@@ -289,3 +298,26 @@ def _write_outputs(cfg: SweepConfig, base: dict, results, root: str, runs_uri: s
         out["best_yaml"] = storage.join(root, "best.yaml")
         storage.write_bytes(out["best_yaml"], text.encode())
     return out
+
+
+def _probe_top(rows: list[dict], cfg: SweepConfig, runs_uri: str) -> None:
+    """The linear probe on the ``probe.top`` finished trials that are best by the search metric, as
+    Ray tasks in parallel (each fetches its trial's final model to its node); their rows get the
+    probe_* columns. The probe is deterministic, so a resumed sweep recomputes the same scores."""
+    import ray
+
+    from randommask.finetune import linear_probe
+
+    probe = cfg.objective.probe
+    metric, mode = search_metric(cfg)
+    done = [x for x in rows if x["status"] == "done" and x.get(metric) is not None]
+    top = sorted(done, key=lambda x: x[metric], reverse=mode == "max")[: probe.top]
+    task = ray.remote(num_cpus=1, max_retries=2)(linear_probe)
+    refs = [task.remote(storage.join(runs_uri, x["run"], "final"), probe.gue_dir, probe.datasets, probe.max_train,
+                        probe.max_eval) for x in top]
+    for row, ref in zip(top, refs):
+        try:
+            row.update(ray.get(ref))
+        except Exception as e:  # the trial's row says why; the sweep then exits non-zero
+            lines = [x for x in str(e).splitlines() if x.strip()]
+            row["status"], row["error"] = "error", f"probe: {lines[-1] if lines else type(e).__name__}"

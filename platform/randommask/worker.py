@@ -8,23 +8,21 @@ each checkpoint) and data order (from (seed, epoch), see ``randommask.data``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import random
 import tempfile
 import time
-import zlib
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 
 from randommask import storage
 from randommask.config import PretrainConfig, dump_config
 from randommask.errors import UserError
-from randommask.model import STATS, SparseMLM, build_mlm, mlm_forward
+from randommask.model import STATS, SparseMLM, autocast, build_mlm, mlm_forward
+from randommask.step import build_optimizer, step_seed, train_step
 from randommask.tokenizer import KmerTokenizer
 from randommask.train import STATE_FILE, eval_sets, read_jsonl, run_uri, upload_dir, write_jsonl
 
@@ -36,22 +34,6 @@ def mask_figures(loss_sum: float, correct: float, n: float) -> dict[str, float |
     return {"mask_loss": round(loss_sum / n, 5), "mask_acc": round(correct / n, 5)}
 
 
-def _seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def lr_factor(step: int, warmup: int, max_steps: int, decay: str, min_ratio: float,
-              decay_start: int | None = None) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    start = max(warmup, decay_start or 0)
-    if decay == "constant" or step < start:
-        return 1.0
-    progress = min(1.0, (step - start) / max(1, max_steps - start))
-    shape = 1 - progress if decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
-    return min_ratio + (1 - min_ratio) * shape
-
-
 def _quiet_worker_logs() -> None:
     import ray.train.v2._internal.execution.context as train_context
     import transformers
@@ -60,61 +42,6 @@ def _quiet_worker_logs() -> None:
     # Ray Train logs every report under this file's path, not under the ray.train logger.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; fp32 on CPU. One code path for both."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def train_step(model, opt, sched, masker, data: Iterator[torch.Tensor], step: int, *, seed: int, rank: int,
-               world: int, device: torch.device, accum: int = 1, grad_clip: float = 1.0) -> dict[str, float]:
-    """One optimizer step: ``accum`` micro-batches masked on the device (the schedule driven by the
-    global step), sparse MLM loss, clipping, AdamW. The benchmark runs this same function."""
-    model.train()
-    wait = loss_sum = 0.0
-    stats = torch.zeros(len(STATS), dtype=torch.float64)
-    tokens = 0
-    crc = 0
-    for micro in range(accum):
-        t = time.perf_counter()
-        ids = next(data)
-        wait += time.perf_counter() - t
-        crc = zlib.crc32(ids.numpy(), crc)  # reads the buffer in place, no copy
-        ids = ids.to(device, non_blocking=True).long()
-        # Masks depend only on (seed, step, rank, micro): nothing to checkpoint, exact on resume.
-        gen = torch.Generator(device=device).manual_seed(_seed(seed, step, rank, micro))
-        inputs, labels = masker(ids, step, gen)
-        sync = contextlib.nullcontext() if micro == accum - 1 or world == 1 else model.no_sync()
-        with sync:
-            with autocast(device):
-                # Windows have a fixed length: no padding, so no attention mask (fused kernels apply).
-                loss, counts = mlm_forward(model, inputs, labels)
-            (loss / accum).backward()
-        loss_sum += float(loss.detach())
-        stats += counts.cpu().double()
-        tokens += ids.numel()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    lr = sched.get_last_lr()[0]
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    return {"loss": loss_sum / accum, **dict(zip(STATS, stats.tolist())), "tokens": tokens,
-            "wait": wait, "lr": lr, "crc": crc}
-
-
-def build_optimizer(mlm, o) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (fused on CUDA), no weight decay on biases and LayerNorm; warmup then decay."""
-    cuda = next(mlm.parameters()).device.type == "cuda"
-    decay = [p for n, p in mlm.named_parameters() if p.ndim > 1 and "LayerNorm" not in n]
-    no_decay = [p for n, p in mlm.named_parameters() if not (p.ndim > 1 and "LayerNorm" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=o.lr, betas=o.betas, eps=o.eps, fused=cuda)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, o.warmup_steps, o.max_steps, o.decay, o.min_lr_ratio, o.decay_start))
-    return opt, sched
 
 
 class Worker:
@@ -145,7 +72,7 @@ class Worker:
         self.position = {"epoch": 0, "sample": 0}
         self.history: list[dict] = []
         self.tokens = 0
-        torch.manual_seed(_seed(cfg.run.seed, rank, 1))  # dropout differs per rank
+        torch.manual_seed(step_seed(cfg.run.seed, rank, 1))  # dropout differs per rank
         self.resumed_from = self._restore()
         self.eval_sets = self._eval_sets()
         self.metrics = None
