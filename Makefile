@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(VENV)/bin/randommask bench mlm-step
 	$(VENV)/bin/randommask bench pipeline
 	$(VENV)/bin/randommask bench train-overhead
+	$(VENV)/bin/randommask bench e2e
 
 # The CUDA paths the CPU suite cannot run (docs/testing.md). On a bare GPU machine without .venv:
 #   PYTHONPATH=platform python3 -m randommask.gpu_check

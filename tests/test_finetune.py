@@ -127,6 +127,8 @@ def test_finetune_through_tune_two_at_once_with_results_and_resume(ray_local, gu
     assert len(trials) == 4
     spans = sorted((t["started"], t["finished"]) for t in trials)
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two trials ran at the same time"
+    # The longest trials start first: mouse/2's 101-bp rows before prom_core_tata's 70-bp rows.
+    assert [t["dataset"] for t in sorted(trials, key=lambda t: t["started"])[:2]] == ["mouse/2", "mouse/2"]
     md = (out / "results.md").read_text()
     assert "| prom/prom_core_tata | mcc |" in md and "±" in md and "DNABERT-2" in md and "overall" in md
     csv_lines = (out / "results.csv").read_text().splitlines()
