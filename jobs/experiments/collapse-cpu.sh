@@ -89,7 +89,10 @@ for seed in $SEEDS; do
   finetune "no-pretraining-s$seed"
   report="$OUT/analysis-$(echo $ARMS | tr ' ' '-')"  # one report per set of arms, seed 0
   if [ "$seed" = 0 ] && [ ! -f "$report/report.json" ]; then
-    $RM analyze $(for arm in $ARMS; do echo "$OUT/runs/$arm-s0"; done) --out "$report" --no-progress
+    # shellcheck disable=SC2046
+    set -- $(for arm in $ARMS; do echo "$OUT/runs/$arm-s0"; done)
+    first=$1; shift
+    $RM analyze "$first" ${1:+--compare "$@"} --out "$report" --no-progress
     collect
   fi
 done
