@@ -47,7 +47,10 @@ collect() {  # the small, durable results: what docs/experiments.md reads
     [ -f "$ft/results.json" ] && cp "$ft/results.json" "$KEEP/$(basename "$ft").finetune.json"
   done
   for report in "$OUT"/analysis-*/report.json; do
-    [ -f "$report" ] && cp "$report" "$KEEP/$(basename "$(dirname "$report")").report.json"
+    [ -f "$report" ] || continue
+    name=$(basename "$(dirname "$report")")
+    cp "$report" "$KEEP/$name.report.json"
+    cp "$(dirname "$report")/loss_dynamics.png" "$KEEP/$name.loss_dynamics.png"
   done
   true
 }
