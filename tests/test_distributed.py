@@ -191,3 +191,16 @@ def test_survives_a_killed_worker_of_two_and_resumes_from_its_checkpoint(prepare
     for x in m:
         assert x["span_max"] == masker.span_bounds(x["step"] - 1)[1]
     assert (run / "final" / "model.safetensors").exists()
+
+
+def test_restarts_back_off_doubling_jittered_and_capped():
+    import random
+
+    from randommask.worker import restart_delay
+
+    random.seed(0)
+    assert restart_delay(0, 10) == 0.0 and restart_delay(3, 0) == 0.0  # a first start, or backoff off: no wait
+    for n, full in ((1, 10), (2, 20), (3, 40), (6, 300), (12, 300)):
+        delays = [restart_delay(n, 10) for _ in range(200)]
+        assert full / 2 <= min(delays) and max(delays) <= full  # jitter in [half, all] of the doubled wait
+        assert len(set(delays)) > 100  # really jittered: restarts of many workers spread out

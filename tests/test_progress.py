@@ -39,3 +39,4 @@ def test_plain_lines_in_a_log_and_a_bar_on_a_terminal():
         assert type(bar).__name__ == "tqdm"
         bar.close()
     os.close(main)
+
