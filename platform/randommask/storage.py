@@ -92,8 +92,8 @@ def preflight(seconds: float = PREFLIGHT_SECONDS) -> Iterator[None]:
 
 
 def backoff(attempt: int, base: float = 0.5, cap: float = 15.0) -> float:
-    """Exponential backoff with full jitter: retries from many workers spread out instead of arriving
-    together when the endpoint comes back."""
+    """Exponential backoff, jittered between half and all of the doubled wait: retries from many
+    workers spread out instead of arriving together when the endpoint comes back."""
     return random.uniform(0.5, 1.0) * min(cap, base * 2 ** attempt)
 
 
