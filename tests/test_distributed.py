@@ -110,7 +110,7 @@ def test_two_workers_with_accumulation_stay_in_step_and_resume_on_one(prepared, 
         # Each rank trained on its own shard of the epoch, in plan order.
         for rank in (0, 1):
             assert r[rank]["batch_crc"] == expected[rank][r[rank]["step"] - 1], (rank, r[rank]["step"])
-        # Evaluation counted the one window once (rank 1 contributed nothing), the same on both ranks.
+        # Evaluation with a rank holding no row finished (no hang) and all-reduced one figure to both ranks.
         assert rank0["eval_span_k_loss"] == rank1["eval_span_k_loss"]
     m = lines(tmp_path / "mw" / "metrics.jsonl")
     tokens_per_window = cfg.data.window_bp - cfg.data.k + 3  # k-mers + [CLS] + [SEP]

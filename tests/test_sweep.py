@@ -78,6 +78,18 @@ def test_a_sweep_whose_trials_fail_exits_non_zero(ray_local, tmp_path, capsys):
     assert (tmp_path / "sweep-tiny" / "trials.csv").exists() and not (tmp_path / "sweep-tiny" / "best.yaml").exists()
 
 
+def test_the_search_and_asha_share_one_metric():
+    from randommask.tune import search_metric
+
+    asha = "scheduler={asha: {metric: eval_span_2k_mask_loss, mode: min}}"
+    assert search_metric(load_sweep(str(SWEEP), ["set=[data.prepared=x]", asha])[0]) == ("eval_span_2k_mask_loss", "min")
+    probe = "objective={metric: probe_score, mode: max, probe: {gue_dir: g, datasets: [tf/0]}}"
+    no_asha = load_sweep(str(SWEEP), ["set=[data.prepared=x]", "scheduler=null", probe])[0]
+    assert search_metric(no_asha) == ("eval_span_k_mask_loss", "min")  # a probe is never reported during training
+    plain = load_sweep(str(SWEEP), ["set=[data.prepared=x]", "scheduler=null", "objective.metric=eval_span_k_loss"])[0]
+    assert search_metric(plain) == ("eval_span_k_loss", "min")
+
+
 def test_trial_config_drops_parameters_the_strategy_does_not_take(tmp_path):
     sweep_cfg, base = load_sweep(str(SWEEP), ["set=[data.prepared=x]"])
     span = trial_config(base, {"masking.strategy": "span", "masking.phase_length": 10}, sweep_cfg, "t1", str(tmp_path))

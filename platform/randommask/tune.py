@@ -157,13 +157,14 @@ EVAL_KEYS = ("eval_span_k_mask_loss", "eval_span_2k_mask_loss", "eval_span_k_los
 
 def search_metric(cfg: SweepConfig) -> tuple[str, str]:
     """The metric (and mode) the searcher learns from and ASHA stops on: one metric for both, reported
-    at every evaluation, so every trial, stopped early or not, teaches the search. A probe objective
-    is not reported during training; it judges the top trials after the search instead."""
+    at every evaluation, so every trial, stopped early or not, teaches the search. With ASHA it is
+    ASHA's metric; without, the objective's (``eval_span_k_mask_loss`` for a probe objective, which
+    is not reported during training: it judges the top trials after the search instead)."""
+    if cfg.scheduler and "asha" in cfg.scheduler:
+        return cfg.scheduler["asha"].metric, cfg.scheduler["asha"].mode
     obj = cfg.objective
     if not obj.metric.startswith("probe_"):
         return obj.metric, obj.mode
-    if cfg.scheduler and "asha" in cfg.scheduler:
-        return cfg.scheduler["asha"].metric, cfg.scheduler["asha"].mode
     return "eval_span_k_mask_loss", "min"
 
 
