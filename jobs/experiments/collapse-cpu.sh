@@ -73,7 +73,7 @@ EOF
 finetune() {
   [ "${PRETRAIN_ONLY:-0}" = 1 ] && return
   $RM finetune --checkpoint "$OUT/runs/$1/final" --gue-dir "$GUE" --tasks "$TASKS" --seeds 2 \
-      --max-train 2000 --max-eval 1000 --epochs 3 --lr 1e-4 --out "$OUT/finetune/$1" \
+      --max-train 2000 --max-eval 1000 --protocol fast --epochs 3 --lr 1e-4 --out "$OUT/finetune/$1" \
       --baselines ../shared/data/gue-published-baselines.csv
   collect
 }

@@ -32,6 +32,6 @@ build_mlm('small').save_pretrained(sys.argv[1]); KmerTokenizer(6).save_pretraine
 if [ "${PRETRAIN_ONLY:-0}" = 1 ]; then exit 0; fi
 for run in randommask span bert no-pretraining; do
   $RM finetune --checkpoint "$OUT/runs/$run/final" --gue-dir "$GUE" --tasks prom/prom_core_all,tf/0 \
-      --seeds 3 --max-train 2000 --max-eval 1000 --epochs 3 --lr 1e-4 --out "$OUT/finetune/$run" \
+      --seeds 3 --max-train 2000 --max-eval 1000 --protocol fast --epochs 3 --lr 1e-4 --out "$OUT/finetune/$run" \
       --baselines ../shared/data/gue-published-baselines.csv
 done

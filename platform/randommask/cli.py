@@ -206,9 +206,12 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--max-train", type=int, help="subsample training rows (the same rows for every seed)")
     p.add_argument("--max-eval", type=int, help="subsample dev and test rows")
-    p.add_argument("--epochs", type=int, help="override the registry's epochs")
-    p.add_argument("--lr", type=float, help="override the registry's learning rate (3e-5)")
-    p.add_argument("--batch-size", type=int, help="override the registry's batch size (32)")
+    p.add_argument("--protocol", choices=["published", "fast"], default="published",
+                   help="published (default): DNABERT-2's per-dataset scripts, the lowest dev loss every eval_steps "
+                   "restored for test; fast: the same values, the best dev metric once per epoch (docs/finetune.md)")
+    p.add_argument("--epochs", type=int, help="override the protocol's epochs (makes the protocol custom)")
+    p.add_argument("--lr", type=float, help="override the protocol's learning rate, 3e-5 (makes it custom)")
+    p.add_argument("--batch-size", type=int, help="override the protocol's batch size, 32 (makes it custom)")
     p.add_argument("--lora", action="store_true", help="LoRA (peft) instead of full fine-tuning")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="a fraction shares a GPU between trials")
@@ -221,7 +224,8 @@ def _run_finetune(args: argparse.Namespace) -> None:
     from randommask.finetune import finetune
 
     r = finetune(args.checkpoint, args.gue_dir, args.tasks, args.out, seeds=args.seeds, max_train=args.max_train,
-                 max_eval=args.max_eval, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, lora=args.lora,
+                 max_eval=args.max_eval, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                 protocol=args.protocol, lora=args.lora,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, baselines=args.baselines,
                  storage_options=storage_options_from(args))
     for row in r["datasets"]:
@@ -231,6 +235,8 @@ def _run_finetune(args: argparse.Namespace) -> None:
         print(f"{row['dataset']:<24} {row['metric']:<8} {score}  n={row['seeds_ok']}{rank}{failed}")
     if r["overall"] is not None:
         print(f"overall                  {r['overall']:.4f}")
+    print(f"protocol {r['protocol']} ({r['selection']}, {r['precision']})"
+          + (f"; published numbers not shown: {r['not_comparable']}" if r["not_comparable"] else ""))
     print(f"results  {args.out.rstrip('/')}/results.md (.csv, .json)")
     if r["failed_trials"]:
         raise UserError(f"{r['failed_trials']} trial(s) failed; see {args.out.rstrip('/')}/results.md")

@@ -1,0 +1,146 @@
+"""The fine-tuning driver: validates everything first, runs the (dataset, seed) trials still to do
+through Ray Tune, and aggregates every finished trial under OUT."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from randommask import gue, storage
+from randommask.errors import UserError
+from randommask.finetune import protocol as protocols
+from randommask.finetune.checkpoints import node_checkpoint
+from randommask.finetune.results import aggregate, comparability, load_baselines, write_results
+from randommask.finetune.trial import trial_file, tune_trial
+from randommask.tokenizer import KmerTokenizer
+
+TRIAL_RETRIES = 2  # a trial that fails (lost node, storage fault) runs again from its start
+
+
+def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3, max_train: int | None = None,
+             max_eval: int | None = None, epochs: int | None = None, lr: float | None = None,
+             batch_size: int | None = None, protocol: str = "published", lora: bool = False, cpus_per_trial: float = 1.0,
+             gpus_per_trial: float = 0.0, baselines: str | None = None, storage_options: dict | None = None,
+             log=print) -> dict[str, Any]:
+    """Fine-tune ``checkpoint`` on GUE datasets with Ray Tune under ``protocol`` (published, fast;
+    overrides make it custom); returns the aggregated results."""
+    if protocol not in protocols.PROTOCOLS:
+        raise UserError(f"--protocol {protocol!r}: choose one of {', '.join(protocols.PROTOCOLS)}")
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    for flag, value in (("--max-train", max_train), ("--max-eval", max_eval), ("--epochs", epochs),
+                        ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if storage.is_local(out):
+        out = os.path.abspath(out)
+    if storage.is_local(gue_dir):
+        gue_dir = os.path.abspath(gue_dir)
+    names, all_mode = gue.resolve_names(tasks)
+    present, missing = gue.available(gue_dir, names, storage_options)
+    if missing and not all_mode:
+        raise UserError(f"{gue_dir}: missing GUE dataset(s) {', '.join(missing)} (each needs train.csv, dev.csv, test.csv)")
+    if missing:
+        log(f"skipping {len(missing)} dataset(s) not in {gue_dir}: {', '.join(missing)}")
+    if not present:
+        raise UserError(f"{gue_dir}: none of the asked GUE datasets is there")
+    if lr is not None and lr <= 0:
+        raise UserError(f"--lr must be > 0, got {lr}")
+    plans = {name: protocols.plan(gue.REGISTRY[name], protocol, epochs, lr, batch_size) for name in present}
+    cost: dict[str, float] = {}
+    for name in present:  # validate every CSV before any trial starts
+        for split in gue.SPLITS:
+            seqs, _ = gue.read_split(gue_dir, name, split, storage_options)
+            if split == "train":  # rows x length x steps: what a trial's time scales with
+                rows = min(len(seqs), max_train or len(seqs))
+                sched = protocols.schedule(plans[name], rows, subsampled=rows < len(seqs))
+                cost[name] = sched.total_steps * plans[name]["batch_size"] * max(len(x) for x in seqs)
+    published = load_baselines(baselines) if baselines else None
+    local_ckpt = node_checkpoint(checkpoint, storage_options)  # fails here, before any trial, if unusable
+    KmerTokenizer.from_pretrained(local_ckpt)
+    if lora:
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise UserError("--lora needs peft: pip install peft") from None
+
+    pairs = [(n, s) for n in present for s in range(seeds)]
+    # Trials get the checkpoint's own address: a remote one is fetched once on each node.
+    trial_ckpt = checkpoint if not storage.is_local(checkpoint) else local_ckpt
+    requested = dict(max_train=max_train, max_eval=max_eval, lora=lora, checkpoint=trial_ckpt)
+    finished = {pair: _read_trial(out, *pair, storage_options) for pair in pairs}
+    finished = {pair: t for pair, t in finished.items() if t is not None}
+    for t in finished.values():  # a finished trial counts only if it ran with these settings
+        _check_same_settings(t, requested, plans[t["dataset"]], out)
+    # The longest trials (covid, EMP) start first, so they do not finish alone at the end of a sweep.
+    todo = sorted((pair for pair in pairs if pair not in finished), key=lambda pair: (-cost[pair[0]], pair))
+    log(f"finetune {len(pairs)} trial(s) ({len(present)} dataset(s) x {seeds} seed(s)); "
+        f"{len(pairs) - len(todo)} already finished, {len(todo)} to run")
+    failures: dict[tuple[str, int], str] = {}
+    if todo:
+        failures = _run_tune(todo, dict(checkpoint=trial_ckpt, gue_dir=gue_dir, out=out, max_train=max_train,
+                                        max_eval=max_eval, epochs=epochs, lr=lr, batch_size=batch_size,
+                                        protocol=protocol, lora=lora, gpu=gpus_per_trial > 0,
+                                        threads=max(1, int(cpus_per_trial)), storage_options=storage_options),
+                             cpus_per_trial, gpus_per_trial)
+    trials = [finished.get(pair) or _read_trial(out, *pair, storage_options) for pair in pairs]
+    trials = [t for t in trials if t is not None]
+    for (n, s), err in failures.items():
+        trials.append({"dataset": n, "seed": s, "status": "failed", "error": err})
+    some = next(iter(plans.values()))
+    precision = sorted({t["ran"]["precision"] for t in trials if t["status"] == "ok"}) or ["fp32"]
+    run = {"protocol": some.protocol, "selection": some.selection, "precision": ", ".join(precision),
+           "max_train": max_train, "max_eval": max_eval, "source": gue.PUBLISHED_SOURCE,
+           "not_comparable": comparability(some.protocol, max_train, max_eval)}
+    results = aggregate(trials, published, checkpoint, run)
+    write_results(out, results, storage_options)
+    return results
+
+
+def _read_trial(out: str, name: str, seed: int, storage_options: dict | None) -> dict[str, Any] | None:
+    path = trial_file(out, name, seed)
+    return json.loads(storage.read_bytes(path, storage_options)) if storage.exists(path, storage_options) else None
+
+
+def _check_same_settings(trial: dict[str, Any], requested: dict[str, Any], plan: protocols.Plan, out: str) -> None:
+    """A rerun reuses finished trials: refuse when they were run with other settings, rather than mix them."""
+    if "protocol" not in trial:
+        raise UserError(f"{out}: trial {trial['dataset']} seed {trial['seed']} was run before fine-tuning protocols "
+                        "were recorded; use a new --out")
+    want = {**requested, "lora": bool(requested["lora"]), **plan.hyperparameters, "protocol": plan.protocol,
+            "selection": plan.selection}
+    have = {**trial, **trial["hyperparameters"]}
+    for key, value in want.items():
+        if have.get(key) != value:
+            raise UserError(f"{out}: trial {trial['dataset']} seed {trial['seed']} was run with {key}={have.get(key)}, "
+                            f"not {value}; use a new --out (or the same settings) so results are not mixed")
+
+
+def _run_tune(todo: list[tuple[str, int]], common: dict, cpus: float, gpus: float) -> dict[tuple[str, int], str]:
+    from ray import tune
+
+    from randommask.ray_runtime import ensure_ray
+
+    ensure_ray()
+    resources = {"cpu": cpus, **({"gpu": gpus} if gpus else {})}
+    tune_path, tune_fs = storage.ray_storage(storage.join(common["out"], "tune"), common.get("storage_options"))
+    grid = [{**common, "dataset": n, "seed": s} for n, s in todo]
+    tuner = tune.Tuner(
+        tune.with_resources(tune_trial, resources),
+        param_space={"trial": tune.grid_search(grid)},
+        tune_config=tune.TuneConfig(reuse_actors=False),
+        run_config=tune.RunConfig(name=f"finetune-{time.strftime('%Y%m%d-%H%M%S')}",
+                                  storage_path=tune_path, storage_filesystem=tune_fs, verbose=0,
+                                  # a lost node or a storage fault: run the trial again (it starts over)
+                                  failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES)),
+    )
+    grid_results = tuner.fit()
+    failures = {}
+    for r in grid_results:
+        trial = r.config["trial"]
+        if r.error is not None:
+            lines = [x for x in str(r.error).splitlines() if x.strip()]
+            failures[(trial["dataset"], int(trial["seed"]))] = lines[-1] if lines else type(r.error).__name__
+    return failures
