@@ -10,12 +10,13 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-# Reinstall when the dependency list changes; the editable install tracks source edits by itself.
-$(STAMP): pyproject.toml
+# Reinstall when the dependency list or the pins change; the editable install tracks source edits by
+# itself. The pins (cluster/constraints.txt) are the cluster image's too: the cluster runs what the tests ran.
+$(STAMP): pyproject.toml cluster/constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c cluster/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -63,6 +64,23 @@ def reports_callback():
     return Callback
 
 
+def scrape_ray_metrics(name: str, timeout: float) -> list[str]:
+    """The lines of ``name`` on this Ray node's metrics endpoint, once they appear (Ray exports
+    every few seconds)."""
+    import urllib.request
+
+    import ray
+
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["Alive"])
+    deadline = time.monotonic() + timeout
+    while True:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        found = [x for x in text.splitlines() if x.startswith(name + "{")]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(2)
+
+
 def shard_crcs(cfg, rank: int, world: int, steps: int) -> list[int]:
     """The batch_crc each step of rank ``rank`` must log: its own shard of epoch 0, read straight
     from the data layer, ``grad_accum`` micro-batches per step."""
@@ -112,6 +130,15 @@ def test_two_workers_with_accumulation_stay_in_step_and_resume_on_one(prepared, 
             assert r[rank]["batch_crc"] == expected[rank][r[rank]["step"] - 1], (rank, r[rank]["step"])
         # Evaluation with a rank holding no row finished (no hang) and all-reduced one figure to both ranks.
         assert rank0["eval_span_k_loss"] == rank1["eval_span_k_loss"]
+        # Each rank's own throughput and data wait (stragglers show here), adding up to the run's.
+        assert all(x["rank_tokens_per_s"] > 0 and 0 <= x["rank_data_wait"] <= 1 for x in r)
+        assert rank0["rank_tokens_per_s"] + rank1["rank_tokens_per_s"] == pytest.approx(rank0["tokens_per_s"], rel=0.3)
+        assert "gpu_memory_bytes" not in rank0 and "mfu" not in rank0  # CPU: no GPU memory, no known peak
+    assert "checkpoint_s" not in reports[0][0] and reports[1][0]["checkpoint_s"] > 0  # the step-5 checkpoint's time
+    # The controller (not a rank) exported them through Ray's metrics endpoint, per rank.
+    scraped = scrape_ray_metrics("ray_randommask_rank_tokens_per_second", timeout=60)
+    assert {'rank="0"', 'rank="1"'} <= {t for line in scraped for t in re.findall(r'rank="\d+"', line)}
+    assert any('run="mw"' in x for x in scraped)
     m = lines(tmp_path / "mw" / "metrics.jsonl")
     tokens_per_window = cfg.data.window_bp - cfg.data.k + 3  # k-mers + [CLS] + [SEP]
     assert m[-1]["tokens"] == 10 * 2 * 2 * cfg.optim.batch_size * tokens_per_window  # both ranks, both micro-batches

@@ -1,6 +1,11 @@
 """Training metrics for Prometheus: through Ray's metrics endpoint on a cluster (``ray.util.metrics``,
 scraped by KubeRay's PodMonitor; Ray prefixes the names with ``ray_``), and through
-``prometheus_client`` on a port of your choosing for runs outside a cluster."""
+``prometheus_client`` on a port of your choosing for runs outside a cluster.
+
+Two sources: rank 0 sets ``GAUGES`` at every logged step (the live curves), and the Ray Train
+controller sets ``CONTROLLER_GAUGES`` from every rank's reports (``ControllerMetrics``): per-rank
+throughput and data wait (stragglers), MFU, checkpoint time, GPU memory. The controller outlives
+worker-group restarts, so those series do not stop with a dead rank."""
 
 from __future__ import annotations
 
@@ -32,6 +37,57 @@ GAUGES = {
     "eval_span_k_overlap": ("randommask_floor_span_k_overlap", "span-k overlap reference of the eval set (nats, approx.)"),
     "eval_span_2k_overlap": ("randommask_floor_span_2k_overlap", "span-2k overlap reference of the eval set (nats, approx.)"),
 }
+
+
+# report key -> (metric name, description, per rank?): set by the controller from the reports
+CONTROLLER_GAUGES = {
+    "rank_tokens_per_s": ("randommask_rank_tokens_per_second", "training tokens per second of one rank", True),
+    "rank_data_wait": ("randommask_rank_data_wait_fraction", "fraction of one rank's step time spent waiting for data",
+                       True),
+    "gpu_memory_bytes": ("randommask_rank_gpu_memory_bytes", "peak GPU memory allocated by one rank (torch)", True),
+    "mfu": ("randommask_mfu", "model FLOPs utilisation: model FLOP/s over the GPUs' dense bf16 peak", False),
+    "checkpoint_s": ("randommask_checkpoint_seconds", "seconds the last checkpoint took to save and register", False),
+    "step": ("randommask_reported_step", "the step of the last report the controller received", False),
+}
+
+
+def controller_figures(reports: list[dict[str, Any]]) -> list[tuple[str, float, dict[str, str]]]:
+    """(metric key, value, extra tags) for one round of reports, one dict per rank (rank order)."""
+    out = []
+    for rank, report in enumerate(reports):
+        for key, (_, _, per_rank) in CONTROLLER_GAUGES.items():
+            value = report.get(key)
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if per_rank:
+                out.append((key, float(value), {"rank": str(rank)}))
+            elif rank == 0:
+                out.append((key, float(value), {}))
+    return out
+
+
+def _controller_callback_base():
+    import ray.train
+
+    return ray.train.UserCallback
+
+
+class ControllerMetrics(_controller_callback_base()):
+    """A Ray Train ``UserCallback``: it runs in the controller actor and sets ``CONTROLLER_GAUGES``
+    from each round of reports (every evaluation and checkpoint)."""
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+        self.gauges: dict[str, Any] | None = None  # made in the controller, not where it is pickled
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if self.gauges is None:
+            from ray.util.metrics import Gauge
+
+            self.gauges = {key: Gauge(name, description=desc, tag_keys=("run", "rank") if per_rank else ("run",))
+                           for key, (name, desc, per_rank) in CONTROLLER_GAUGES.items()}
+        for key, value, tags in controller_figures(metrics):
+            self.gauges[key].set(value, tags={"run": self.run, **tags})
 
 
 class TrainMetrics:

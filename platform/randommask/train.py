@@ -107,6 +107,7 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from randommask.observability import ControllerMetrics
     from randommask.ray_runtime import ensure_ray
     from randommask.worker import train_loop_per_worker
 
@@ -130,7 +131,9 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures), callbacks=callbacks or [],
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            # the controller outlives worker restarts: the per-rank and run-level series come from it
+            callbacks=([ControllerMetrics(cfg.run.name)] if cfg.observability.ray_metrics else []) + (callbacks or []),
             logging_config=ray.train.LoggingConfig(log_level="WARNING")),
     )
     t0 = time.time()

@@ -75,6 +75,13 @@ class Worker:
         torch.manual_seed(step_seed(cfg.run.seed, rank, 1))  # dropout differs per rank
         self.resumed_from = self._restore()
         self.eval_sets = self._eval_sets()
+        self.checkpoint_s: float | None = None  # how long the last checkpoint took (rank 0)
+        self.peak_flops = None  # for MFU: the card's dense bf16 peak, when the card is known
+        if self.cuda:
+            from randommask.hardware import peak_bf16_flops
+
+            found = peak_bf16_flops(torch.cuda.get_device_name(device))
+            self.peak_flops = found[1] if found else None
         self.metrics = None
         if rank == 0:
             from randommask.observability import TrainMetrics
@@ -126,6 +133,7 @@ class Worker:
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
             return
+        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as d:
             self.mlm.save_pretrained(os.path.join(d, "model"))
             self.tok.save_pretrained(os.path.join(d, "model"))
@@ -135,6 +143,7 @@ class Worker:
                         "config": self.cfg.model_dump(mode="json")}, os.path.join(d, STATE_FILE))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
         write_jsonl(storage.join(self.base, "metrics.jsonl"), self.history)
+        self.checkpoint_s = round(time.perf_counter() - t0, 2)  # saved, uploaded and registered: the next report says it
 
     # -- data ------------------------------------------------------------------------------------
     def batches(self) -> Iterator[torch.Tensor]:
@@ -192,6 +201,16 @@ class Worker:
             out.update({f"eval_{name}_{key}": v for key, v in
                         mask_figures(t["mask_loss_sum"], t["mask_correct"], t["mask_selected"]).items()})
         return out
+
+    def mfu(self, tokens_per_s: float, masked_fraction: float) -> float | None:
+        """Model FLOPs utilisation of the whole run (all ranks), when the card's peak is known."""
+        if self.peak_flops is None:
+            return None
+        from randommask.hardware import train_flops_per_token
+
+        seq = self.tok.num_tokens(self.cfg.data.window_bp)
+        flops = train_flops_per_token(self.mlm.config, seq, masked_fraction) * tokens_per_s
+        return round(flops / (self.world * self.peak_flops), 4)
 
     @torch.no_grad()
     def param_checksum(self) -> float:
@@ -251,8 +270,18 @@ class Worker:
                 "data_wait": round(tot["wait"] / self.world / elapsed, 4), "batch_crc": crc,
                 "time": round(time.time(), 1),
             }
+            mfu = self.mfu(tot["tokens"] / elapsed, line["masked_fraction"])
+            if mfu is not None:
+                line["mfu"] = mfu
+            if self.checkpoint_s is not None:
+                line["checkpoint_s"] = self.checkpoint_s
             if eval_now:
                 line.update(self.evaluate())
+            mine = dict(zip(keys, window.tolist()))  # this rank alone: stragglers show here
+            rank_figures = {"rank_tokens_per_s": round(mine["tokens"] / elapsed, 1),
+                            "rank_data_wait": round(mine["wait"] / elapsed, 4)}
+            if self.cuda:
+                rank_figures["gpu_memory_bytes"] = torch.cuda.max_memory_allocated(self.device)
             window.zero_()
             t_window = time.perf_counter()
             if self.rank == 0:
@@ -262,7 +291,7 @@ class Worker:
                     self._progress(line, (time.perf_counter() - t_start) / max(1, self.step - step_start))
             # What goes to Ray (Tune, the controller, callbacks) also carries this rank's parameter
             # checksum: identical on every rank while DDP keeps them in step.
-            report = {**line, "param_checksum": self.param_checksum()} if (ckpt_now or eval_now) else line
+            report = {**line, **rank_figures, "param_checksum": self.param_checksum()} if (ckpt_now or eval_now) else line
             if ckpt_now:
                 self.save_checkpoint(report)
                 t_ckpt = time.monotonic()
