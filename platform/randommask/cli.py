@@ -44,7 +44,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     e2e.add_argument("--window-bp", type=int, default=128)
     e2e.add_argument("--steps", type=int, default=300)
     e2e.add_argument("--warmup", type=int, default=30, help="steps left out of the timing, both sides")
-    for q in (t, m, s, pl, to, e2e):
+    em = bs.add_parser("embed", help="randommask embed (Ray Data, an actor pool) vs a plain transformers loop")
+    em.add_argument("--preset", default="tiny")
+    em.add_argument("--regions", type=int, default=400)
+    em.add_argument("--region-bp", type=int, default=500)
+    em.add_argument("--batch", type=int, default=16)
+    for q in (t, m, s, pl, to, e2e, em):
         q.add_argument("--genome", help="FASTA file (default: ../shared/data/genomes/ecoli_536.fna.gz)")
         q.add_argument("--k", type=int, default=6)
         q.add_argument("--seed", type=int, default=0)
@@ -64,6 +69,9 @@ def _run_bench(args: argparse.Namespace) -> None:
     elif args.bench == "e2e":
         result = bench.bench_e2e(preset=args.preset, batch=args.batch, window_bp=args.window_bp, steps=args.steps,
                                  warmup=args.warmup, **common)
+    elif args.bench == "embed":
+        result = bench.bench_embed(preset=args.preset, regions=args.regions, region_bp=args.region_bp,
+                                   batch=args.batch, **common)
     elif args.bench == "pipeline":
         result = bench.bench_pipeline(epochs=args.epochs, batch=args.batch, window_bp=args.window_bp, **common)
     else:
@@ -313,6 +321,64 @@ def _run_analyze(args: argparse.Namespace) -> None:
     print(f"report   {os.path.join(args.out, 'report.html')} (.json, {', '.join(r['pngs'])})")
 
 
+def _add_inference_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a run's final/, a run directory, or any DNABERT-compatible directory (local or s3://)")
+    p.add_argument("--fasta", required=True, help="the genome: plain, bgzip or gzip FASTA, local or s3:// (indexed "
+                   "with pyfaidx; see docs/inference.md)")
+    p.add_argument("--out", required=True, help="a folder of Parquet files (local or s3://); a rerun skips what is there")
+    p.add_argument("--window-bp", type=int, help="bases the model sees at once (default: all its positions; give the "
+                   "pretraining's data.window_bp for a model trained on shorter windows)")
+    p.add_argument("--actors", type=int, default=1, help="model copies (Ray Data actors) working at once")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="on GPU clusters, e.g. 1 (bf16 on CUDA)")
+    add_storage_options(p)
+
+
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="one embedding per BED region, as Ray Data batch inference, to Parquet")
+    _add_inference_common(p)
+    p.add_argument("--regions", required=True, help="BED file (0-based, half-open; 4th column: name), local or s3://")
+    p.add_argument("--pool", choices=["mean", "cls"], default="mean",
+                   help="mean: fp32 mean over the region's k-mer tokens ([CLS]/[SEP] excluded); cls: the [CLS] vector")
+    p.add_argument("--layer", type=int, default=-1, help="hidden layer to pool (-1: the last; 0: the embeddings)")
+    p.add_argument("--batch-size", type=int, default=16, help="regions per batch")
+    p.add_argument("--no-tile", action="store_true", help="refuse regions longer than the model's positions "
+                   "instead of embedding them in tiles")
+
+
+def _run_embed(args: argparse.Namespace) -> None:
+    from randommask.inference.embed import embed
+
+    s = embed(args.checkpoint, args.fasta, args.regions, args.out, pool=args.pool, layer=args.layer,
+              batch_size=args.batch_size, window_bp=args.window_bp, tile=not args.no_tile, actors=args.actors,
+              cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+              storage_options=storage_options_from(args))
+    rate = f", {s['embedded'] / s['seconds']:.1f} regions/s" if s["seconds"] else ""
+    print(f"embedded {s['embedded']} region(s) ({s['tiles']} tile(s)), {s['skipped']} already there; "
+          f"{s['dim']}-dim {s['pool']} of layer {s['layer']}; {s['seconds']:.1f} s{rate}")
+    print(f"out      {s['out']} (Parquet: chrom, start, end, name, embedding)")
+
+
+def _add_score_variants(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score-variants", help="zero-shot masked-LM scores (log-likelihood ratio) of the SNVs of a VCF")
+    _add_inference_common(p)
+    p.add_argument("--vcf", required=True, help="VCF (plain or gzip), local or s3://; multi-allelic ALTs are split, "
+                   "indels and symbolic alleles skipped")
+    p.add_argument("--batch-size", type=int, default=64, help="variants per batch")
+
+
+def _run_score_variants(args: argparse.Namespace) -> None:
+    from randommask.inference.variants import score_variants
+
+    s = score_variants(args.checkpoint, args.fasta, args.vcf, args.out, window_bp=args.window_bp,
+                       batch_size=args.batch_size, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                       gpus_per_actor=args.gpus_per_actor, storage_options=storage_options_from(args))
+    print(f"scored   {s['scored']} SNV(s), {s['errors']} reported with an error (REF mismatch, N, contig), "
+          f"{s['skipped_indels']} indel(s) and {s['skipped_symbolic']} symbolic allele(s) skipped; "
+          f"windows of {s['window_bp']} bp; {s['seconds']:.1f} s")
+    print(f"out      {s['out']} (Parquet: chrom, pos, id, ref, alt, llr, p_ref, p_alt, entropy, error)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="randommask", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -322,11 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_sweep(sub)
     _add_analyze(sub)
+    _add_embed(sub)
+    _add_score_variants(sub)
     _add_bench(sub)
     return parser
 
 
 COMMANDS = {"demo": _run_demo, "data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune, "sweep": _run_sweep,
+            "embed": _run_embed, "score-variants": _run_score_variants,
             "analyze": _run_analyze, "bench": _run_bench}
 
 

@@ -1,0 +1,141 @@
+"""What embedding and variant scoring share: a model on each actor, Ray Data's pipeline from
+Python rows to Parquet, and resuming by skipping rows already written."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from randommask import storage
+from randommask.errors import UserError
+
+
+def read_text(uri: str, flag: str, storage_options: dict | None = None) -> str:
+    """A small input file (BED, VCF), local or s3://, plain or gzip/bgzip, as text; errors name ``flag``."""
+    import gzip
+
+    try:
+        raw = storage.read_bytes(uri, storage_options)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(storage.describe_error(e, f"{flag} {uri}")) from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise UserError(f"{flag} {uri}: cannot decompress ({e})") from None
+    return raw.decode("utf-8", errors="replace")
+
+
+def load_model(checkpoint: str, kind: str, gpu: bool, threads: int | None, storage_options: dict | None = None):
+    """(model in eval mode, tokenizer, device) on this process: an encoder (``BertModel``) or the
+    masked-LM (``BertForMaskedLM``); a remote checkpoint is fetched once per node."""
+    import torch
+    import transformers
+    from transformers import BertForMaskedLM, BertModel
+
+    from randommask.finetune import node_checkpoint
+    from randommask.tokenizer import KmerTokenizer
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    if threads:
+        torch.set_num_threads(int(threads))
+    local = node_checkpoint(checkpoint, storage_options)
+    cls = BertModel if kind == "encoder" else BertForMaskedLM
+    kwargs = {"add_pooling_layer": False} if kind == "encoder" else {}
+    model = cls.from_pretrained(local, attn_implementation="sdpa", **kwargs).eval()
+    device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+    return model.to(device), KmerTokenizer.from_pretrained(local), device
+
+
+def model_limits(checkpoint: str, storage_options: dict | None = None) -> tuple[Any, Any]:
+    """(tokenizer, config) of a checkpoint, read in the driver before any work starts."""
+    from transformers import BertConfig
+
+    from randommask.finetune import node_checkpoint
+    from randommask.tokenizer import KmerTokenizer
+
+    local = node_checkpoint(checkpoint, storage_options)
+    return KmerTokenizer.from_pretrained(local), BertConfig.from_pretrained(local)
+
+
+def parquet_files(out: str, storage_options: dict | None = None) -> list[str]:
+    """The Parquet files under OUT (names starting with ``_`` or ``.`` are ours, not results)."""
+    if not storage.exists(out, storage_options):
+        return []
+    fs, path = storage.filesystem(out, storage_options)
+    try:
+        names = fs.find(path)
+    except Exception as e:
+        raise UserError(storage.describe_error(e, out)) from None
+    keep = []
+    for name in names:
+        base = name.rsplit("/", 1)[-1]
+        if base.endswith(".parquet") and not base.startswith(("_", ".")):
+            keep.append(name)
+    return sorted(keep)
+
+
+def written_keys(out: str, columns: list[str], storage_options: dict | None = None) -> set[tuple]:
+    """Keys of the rows already in OUT's Parquet files: a rerun skips them."""
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.filesystem(out, storage_options)
+    keys: set[tuple] = set()
+    for name in parquet_files(out, storage_options):
+        try:
+            with fs.open(name, "rb") as f:
+                table = pq.read_table(f, columns=columns)
+        except Exception as e:
+            raise UserError(f"--out {out}: {name} is not a readable Parquet file of these results ({e}); "
+                            "move it away or use a new --out") from None
+        keys.update(zip(*(table.column(c).to_pylist() for c in columns)))
+    return keys
+
+
+def count_errors(out: str, storage_options: dict | None = None) -> int:
+    """Rows of OUT whose ``error`` column is not empty (variants reported, not scored)."""
+    return sum(sum(1 for e in col if e) for col in _columns(out, "error", storage_options))
+
+
+def _columns(out: str, column: str, storage_options: dict | None = None):
+    import pyarrow.parquet as pq
+
+    fs, _ = storage.filesystem(out, storage_options)
+    for name in parquet_files(out, storage_options):
+        with fs.open(name, "rb") as f:
+            yield pq.read_table(f, columns=[column]).column(column).to_pylist()
+
+
+def run_pipeline(rows: list[dict], out: str, prepare: Callable, prepare_kwargs: dict, actor: type,
+                 actor_kwargs: dict, batch_size: int, actors: int, cpus_per_actor: float, gpus_per_actor: float,
+                 storage_options: dict | None = None) -> dict[str, Any]:
+    """rows -> ``prepare`` (Ray Data tasks: genome reads, tokens) -> a fixed pool of ``actor``
+    (the model, one copy per actor) -> Parquet under OUT. Returns counts and timings."""
+    import ray
+
+    from randommask.ray_runtime import ensure_ray
+
+    ensure_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    t0 = time.time()
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), math.ceil(len(rows) / batch_size))))
+    ds = ds.map_batches(prepare, fn_kwargs=prepare_kwargs, batch_size=batch_size, batch_format="numpy")
+    ds = ds.map_batches(actor, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size, batch_format="numpy",
+                        concurrency=actors, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
+    path, fs = storage.ray_storage(out, storage_options)
+    ds.write_parquet(path, filesystem=fs)
+    return {"rows": len(rows), "seconds": round(time.time() - t0, 2)}
+
+
+def object_column(items: list) -> np.ndarray:
+    """A numpy object array of arrays (ragged per row), as Ray Data takes variable-shaped tensors."""
+    col = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        col[i] = item
+    return col

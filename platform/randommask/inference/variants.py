@@ -1,0 +1,214 @@
+"""``randommask score-variants``: zero-shot masked-LM scores of SNVs, as Ray Data batch inference.
+
+The score of a variant at position p (docs/inference.md derives it):
+
+With k-mer tokens at stride s, the tokens that cover p are M = {j : j*s <= p < j*s + k}, in a
+window of the reference centred on p. All of them are set to [MASK], which hides base p. For k-mer
+tokens of stride 1, no other base is hidden, since each flank base is also in an unmasked token.
+For base b in {A, C, G, T}, kappa_j(b) is the k-mer at token j with b at p and the reference
+elsewhere. The model gives log P_j(kappa_j(b)) at each masked token. The k tokens are combined as a
+product of experts over the four k-mers consistent with the visible flanks:
+
+    score(b) = sum over j in M of log P_j(kappa_j(b)),    P(b) = exp(score(b)) / sum_b' exp(score(b'))
+    llr      = log P(alt) - log P(ref) = score(alt) - score(ref)
+
+For stride k there is one token, and this is the usual masked-marginal score restricted to the
+four k-mers that differ only at p. The output also has p_ref = P(ref), p_alt = P(alt), and the
+entropy of P in nats.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from randommask.errors import UserError
+from randommask.inference import fasta as fasta_io
+from randommask.inference import runtime
+
+KEY = ["chrom", "pos", "id", "ref", "alt"]
+BASES = "ACGT"
+
+
+@dataclass(frozen=True)
+class Variant:
+    chrom: str
+    pos: int  # 1-based, as in the VCF
+    id: str
+    ref: str
+    alt: str
+
+
+def read_vcf(uri: str, storage_options: dict | None = None) -> tuple[list[Variant], dict[str, int]]:
+    """SNVs of a VCF (plain or gzip/bgzip), multi-allelic ALTs split; returns them and the counts of
+    what was skipped (indels, symbolic alleles)."""
+    out, skipped = [], {"indel": 0, "symbolic": 0}
+    header = False
+    for line_no, line in enumerate(io.StringIO(runtime.read_text(uri, "--vcf", storage_options)), start=1):
+        if line.startswith("##"):
+            continue
+        if line.startswith("#CHROM"):
+            header = True
+            continue
+        if not line.strip():
+            continue
+        fields = line.rstrip("\n\r").split("\t")
+        if len(fields) < 5:
+            raise UserError(f"--vcf {uri}: line {line_no}: expected tab-separated CHROM POS ID REF ALT, "
+                            f"got {len(fields)} column(s)")
+        chrom, pos, vid, ref, alts = fields[:5]
+        try:
+            pos_i = int(pos)
+        except ValueError:
+            raise UserError(f"--vcf {uri}: line {line_no}: POS {pos!r} is not an integer") from None
+        if pos_i < 1:
+            raise UserError(f"--vcf {uri}: line {line_no}: POS {pos_i} (VCF positions start at 1)")
+        for alt in alts.split(","):
+            if alt.startswith("<") or alt in ("*", ".") or "[" in alt or "]" in alt:
+                skipped["symbolic"] += 1
+            elif len(ref) != 1 or len(alt) != 1:
+                skipped["indel"] += 1
+            else:  # an N or IUPAC letter is reported on its row, not scored
+                out.append(Variant(chrom, pos_i, vid, ref.upper(), alt.upper()))
+    if not header and not out:
+        raise UserError(f"--vcf {uri}: not a VCF (no #CHROM header line and no variant)")
+    return out, skipped
+
+
+def windows(batch: dict[str, np.ndarray], fasta: str, k: int, stride: int, window_bp: int,
+            storage_options: dict | None = None) -> dict[str, np.ndarray]:
+    """Ray Data task: for each variant, the masked window's token ids, which tokens cover it, and the
+    ids of the four candidate k-mers at each; or an error."""
+    from randommask.tokenizer import MASK, KmerTokenizer, codes_from_bytes
+
+    fa = fasta_io.open_fasta(fasta, storage_options, log=lambda *_: None)
+    lengths = fasta_io.contig_lengths(fa)
+    tok = KmerTokenizer(k, stride)
+    ids_col, cand_col, errors = [], [], []
+    for chrom, pos, ref in zip(batch["chrom"], batch["pos"], batch["ref"]):
+        chrom, p = str(chrom), int(pos) - 1
+        error, ids, cands = "", np.zeros((1, 0), np.int32), np.zeros((0, 4), np.int32)
+        alt = str(batch["alt"][len(errors)])
+        if str(ref) not in BASES or alt not in BASES:
+            error = f"REF/ALT {ref}/{alt}: only A, C, G and T alleles can be scored"
+        elif chrom not in lengths:
+            error = f"contig {chrom} is not in the FASTA"
+        elif p >= lengths[chrom]:
+            error = f"position {p + 1} is past the end of {chrom} ({lengths[chrom]} bp)"
+        else:
+            n = lengths[chrom]
+            start = min(max(0, p - window_bp // 2), max(0, n - window_bp))
+            seq = fa[chrom][start : min(n, start + window_bp)]
+            q = p - start
+            genome_base = seq[q].upper()
+            if genome_base != str(ref):
+                error = f"REF {ref} does not match the genome ({genome_base}) at {chrom}:{p + 1}"
+            else:
+                codes = codes_from_bytes(seq.encode("latin-1"))
+                n_tok = tok.num_kmers(len(seq))
+                cover = [j for j in range(n_tok) if j * stride <= q < j * stride + k]
+                cands = np.zeros((len(cover), 4), np.int32)
+                for b in range(4):
+                    edited = codes.copy()
+                    edited[q] = codes_from_bytes(BASES[b].encode())[0]
+                    kmer_ids = tok.encode_windows(edited[None, :])[0, 1:-1]
+                    cands[:, b] = kmer_ids[cover]
+                if (cands == 1).any():  # [UNK]: an N (or other letter) in a k-mer that covers p
+                    error = f"an N within {k - 1} bases of {chrom}:{p + 1}: no k-mer to score"
+                else:
+                    ids = tok.encode_windows(codes[None, :]).astype(np.int32)
+                    ids[0, [1 + j for j in cover]] = MASK
+        ids_col.append(ids[0])
+        cand_col.append(cands)
+        errors.append(error)
+    return {**batch, "ids": runtime.object_column(ids_col), "candidates": runtime.object_column(cand_col),
+            "error": np.array(errors, dtype=object)}
+
+
+def base_distribution(log_probs: np.ndarray) -> np.ndarray:
+    """P(b) from the masked tokens' log-probabilities of their four candidate k-mers: (M, 4) -> (4,)."""
+    score = np.asarray(log_probs, dtype=np.float64).sum(0)
+    score = score - score.max()
+    p = np.exp(score)
+    return p / p.sum()
+
+
+class Scorer:
+    """Ray Data actor: the masked-LM, loaded once; scores each variant from its masked window."""
+
+    def __init__(self, checkpoint: str, gpu: bool, threads: int | None, storage_options: dict | None = None) -> None:
+        self.model, _, self.device = runtime.load_model(checkpoint, "mlm", gpu, threads, storage_options)
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        import pyarrow as pa
+        import torch
+
+        from randommask.model import autocast
+        from randommask.tokenizer import MASK, PAD
+
+        n = len(batch["error"])
+        llr, p_ref, p_alt, entropy = (np.full(n, np.nan) for _ in range(4))
+        ok = [i for i in range(n) if not batch["error"][i]]
+        if ok:
+            width = max(len(batch["ids"][i]) for i in ok)
+            ids = torch.full((len(ok), width), PAD, dtype=torch.long)
+            for row, i in enumerate(ok):
+                ids[row, : len(batch["ids"][i])] = torch.from_numpy(batch["ids"][i].astype(np.int64))
+            with torch.no_grad(), autocast(self.device):
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=(ids != PAD).long().to(self.device)).logits
+            logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+            for row, i in enumerate(ok):
+                cands = batch["candidates"][i]
+                masked = np.where(batch["ids"][i] == MASK)[0]  # the covering tokens, in token order
+                dist = base_distribution(logp[row, masked][np.arange(len(masked))[:, None], cands])
+                r, a = BASES.index(str(batch["ref"][i])), BASES.index(str(batch["alt"][i]))
+                llr[i] = np.log(dist[a]) - np.log(dist[r])
+                p_ref[i], p_alt[i] = dist[r], dist[a]
+                entropy[i] = float(-(dist * np.log(np.clip(dist, 1e-30, None))).sum())
+
+        def nullable(x):
+            return pa.array([None if np.isnan(v) else float(v) for v in x], type=pa.float64())
+
+        return pa.table({"chrom": pa.array([str(c) for c in batch["chrom"]]),
+                         "pos": pa.array(batch["pos"].astype(np.int64)), "id": pa.array([str(v) for v in batch["id"]]),
+                         "ref": pa.array([str(v) for v in batch["ref"]]), "alt": pa.array([str(v) for v in batch["alt"]]),
+                         "llr": nullable(llr), "p_ref": nullable(p_ref), "p_alt": nullable(p_alt),
+                         "entropy": nullable(entropy), "error": pa.array([str(e) for e in batch["error"]])})
+
+
+def score_variants(checkpoint: str, fasta: str, vcf: str, out: str, window_bp: int | None = None,
+                   batch_size: int = 64, actors: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
+                   storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score every SNV of the VCF into Parquet files under ``out``; returns a summary."""
+    for flag, value in (("--batch-size", batch_size), ("--actors", actors)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    tok, config = runtime.model_limits(checkpoint, storage_options)
+    max_bp = (config.max_position_embeddings - 3) * tok.stride + tok.k  # the model's positions, in bases
+    window = min(window_bp or max_bp, max_bp)
+    if window < tok.k:
+        raise UserError(f"--window-bp {window_bp}: shorter than one {tok.k}-mer")
+    fasta_io.open_fasta(fasta, storage_options, log)  # index it once, here, before the workers read it
+    variants, skipped = read_vcf(vcf, storage_options)
+    done = runtime.written_keys(out, KEY, storage_options)
+    todo = [v for v in variants if (v.chrom, v.pos, v.id, v.ref, v.alt) not in done]
+    log(f"score {len(variants)} SNV(s) ({len(variants) - len(todo)} already in {out}, {len(todo)} to do; skipped "
+        f"{skipped['indel']} indel(s), {skipped['symbolic']} symbolic allele(s)), windows of {window} bp")
+    summary = {"variants": len(variants), "skipped_done": len(variants) - len(todo), "scored": 0, "errors": 0,
+               "skipped_indels": skipped["indel"], "skipped_symbolic": skipped["symbolic"], "window_bp": window,
+               "out": out, "seconds": 0.0}
+    if todo:
+        rows = [{"chrom": v.chrom, "pos": v.pos, "id": v.id, "ref": v.ref, "alt": v.alt} for v in todo]
+        ran = runtime.run_pipeline(
+            rows, out, windows, dict(fasta=fasta, k=tok.k, stride=tok.stride, window_bp=window,
+                                     storage_options=storage_options),
+            Scorer, dict(checkpoint=checkpoint, gpu=gpus_per_actor > 0, threads=max(1, int(cpus_per_actor)),
+                         storage_options=storage_options),
+            batch_size, actors, cpus_per_actor, gpus_per_actor, storage_options)
+        summary["seconds"] = ran["seconds"]
+    errors = runtime.count_errors(out, storage_options)
+    summary["errors"], summary["scored"] = errors, len(variants) - errors
+    return summary
