@@ -48,7 +48,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     em.add_argument("--preset", default="tiny")
     em.add_argument("--regions", type=int, default=400)
     em.add_argument("--region-bp", type=int, default=500)
-    em.add_argument("--batch", type=int, default=16)
+    em.add_argument("--batch", type=int, default=64)
     for q in (t, m, s, pl, to, e2e, em):
         q.add_argument("--genome", help="FASTA file (default: ../shared/data/genomes/ecoli_536.fna.gz)")
         q.add_argument("--k", type=int, default=6)
@@ -341,7 +341,7 @@ def _add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", choices=["mean", "cls"], default="mean",
                    help="mean: fp32 mean over the region's k-mer tokens ([CLS]/[SEP] excluded); cls: the [CLS] vector")
     p.add_argument("--layer", type=int, default=-1, help="hidden layer to pool (-1: the last; 0: the embeddings)")
-    p.add_argument("--batch-size", type=int, default=16, help="regions per batch")
+    p.add_argument("--batch-size", type=int, default=64, help="regions per batch")
     p.add_argument("--no-tile", action="store_true", help="refuse regions longer than the model's positions "
                    "instead of embedding them in tiles")
 

@@ -102,7 +102,7 @@ class Embedder:
 
 
 def embed(checkpoint: str, fasta: str, regions: str, out: str, pool: str = "mean", layer: int = -1,
-          batch_size: int = 16, window_bp: int | None = None, tile: bool = True, actors: int = 1,
+          batch_size: int = 64, window_bp: int | None = None, tile: bool = True, actors: int = 1,
           cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, storage_options: dict | None = None,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Embed every region of the BED file into Parquet files under ``out``; returns a summary."""

@@ -6,15 +6,17 @@ With k-mer tokens at stride s, the tokens that cover p are M = {j : j*s <= p < j
 window of the reference centred on p. All of them are set to [MASK], which hides base p. For k-mer
 tokens of stride 1, no other base is hidden, since each flank base is also in an unmasked token.
 For base b in {A, C, G, T}, kappa_j(b) is the k-mer at token j with b at p and the reference
-elsewhere. The model gives log P_j(kappa_j(b)) at each masked token. The k tokens are combined as a
-product of experts over the four k-mers consistent with the visible flanks:
+elsewhere. The model gives log P_j(kappa_j(b)) at each masked token, over the four k-mers consistent
+with the visible flanks. The |M| tokens are combined as the geometric mean of their predictions:
 
-    score(b) = sum over j in M of log P_j(kappa_j(b)),    P(b) = exp(score(b)) / sum_b' exp(score(b'))
+    score(b) = (1/|M|) * sum over j in M of log P_j(kappa_j(b))
+    P(b)     = exp(score(b)) / sum_b' exp(score(b'))
     llr      = log P(alt) - log P(ref) = score(alt) - score(ref)
 
-For stride k there is one token, and this is the usual masked-marginal score restricted to the
-four k-mers that differ only at p. The output also has p_ref = P(ref), p_alt = P(alt), and the
-entropy of P in nats.
+A product of the |M| predictions would count the same context |M| times. On held-out E. coli, its
+mean log P(ref) was below chance, while the geometric mean's was above it (docs/inference.md). For
+stride k there is one token, and this is the usual masked-marginal score over the four k-mers that
+differ only at p. The output also has p_ref = P(ref), p_alt = P(alt), and the entropy of P in nats.
 """
 
 from __future__ import annotations
@@ -129,8 +131,9 @@ def windows(batch: dict[str, np.ndarray], fasta: str, k: int, stride: int, windo
 
 
 def base_distribution(log_probs: np.ndarray) -> np.ndarray:
-    """P(b) from the masked tokens' log-probabilities of their four candidate k-mers: (M, 4) -> (4,)."""
-    score = np.asarray(log_probs, dtype=np.float64).sum(0)
+    """P(b) from the masked tokens' log-probabilities of their four candidate k-mers: (M, 4) -> (4,),
+    the normalised geometric mean of the tokens' predictions."""
+    score = np.asarray(log_probs, dtype=np.float64).mean(0)
     score = score - score.max()
     p = np.exp(score)
     return p / p.sum()
