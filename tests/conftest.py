@@ -77,3 +77,17 @@ def prepared(ray_local, ecoli, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "ecoli"
     prepare([str(ecoli)], str(out), show_progress=False)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(prepared, tmp_path_factory):
+    """The tiny test config (jobs/configs/pretrain-tiny.yaml) pretrained once on E. coli, 150 steps:
+    (run directory, summary, config). Pretraining tests check its outputs; inference tests use its model."""
+    from randommask.config import load_config
+    from randommask.train import pretrain
+
+    storage = tmp_path_factory.mktemp("tiny-run")
+    cfg = load_config(REPO / "jobs" / "configs" / "pretrain-tiny.yaml",
+                      [f"data.prepared={prepared}", f"run.storage_path={storage}", "run.name=outputs",
+                       "observability.progress=false"])
+    return storage / "outputs", pretrain(cfg), cfg

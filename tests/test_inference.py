@@ -19,7 +19,6 @@ import pytest
 import torch
 
 from randommask import KmerTokenizer
-from randommask.config import load_config
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
 from randommask.inference.embed import embed
@@ -27,7 +26,6 @@ from randommask.inference.regions import read_bed, tiles
 from randommask.inference.variants import base_distribution, read_vcf, score_variants
 from randommask.model import build_mlm
 
-REPO = Path(__file__).resolve().parents[1]
 QUIET = lambda *_: None  # noqa: E731
 CHROM = "chrT"
 
@@ -314,15 +312,11 @@ def test_both_commands_from_s3_through_the_cli(ray_local, s3, genome, model_dir,
 
 
 @pytest.mark.ray
-def test_a_model_pretrained_here_predicts_held_out_reference_bases_above_chance(ray_local, prepared, tmp_path, ecoli):
-    """A short pretraining on E. coli (the tiny test config), then the reference base's posterior at
-    random positions of the validation blocks, which pretraining never saw."""
-    from randommask.train import pretrain
-
-    cfg = load_config(str(REPO / "jobs" / "configs" / "pretrain-tiny.yaml"),
-                      [f"data.prepared={prepared}", f"run.storage_path={tmp_path}", "run.name=scorer",
-                       "observability.progress=false"])
-    pretrain(cfg)
+def test_a_model_pretrained_here_predicts_held_out_reference_bases_above_chance(tiny_run, prepared, tmp_path, ecoli):
+    """A short pretraining on E. coli (the tiny test config, 150 steps, shared with test_pretrain.py),
+    then the reference base's posterior at random positions of the validation blocks, which
+    pretraining never saw."""
+    run, _, cfg = tiny_run
     manifest = json.loads(Path(prepared, "manifest.json").read_text())
     name = manifest["records"][0]["name"]
     fa = fasta_io.open_fasta(str(ecoli), log=QUIET)
@@ -333,7 +327,7 @@ def test_a_model_pretrained_here_predicts_held_out_reference_bases_above_chance(
             ref = fa[name][int(p)].upper()
             rows.append((name, int(p) + 1, f"p{p}", ref, "A" if ref != "A" else "C"))
     out = tmp_path / "scores"
-    score_variants(str(tmp_path / "scorer" / "final"), str(ecoli), str(_variants_file(tmp_path / "v.vcf", rows)),
+    score_variants(str(run / "final"), str(ecoli), str(_variants_file(tmp_path / "v.vcf", rows)),
                    str(out), window_bp=cfg.data.window_bp, log=QUIET)
     p_ref = np.array([r["p_ref"] for r in pq.read_table(out).to_pylist()])
     assert len(p_ref) == len(rows) and np.isfinite(p_ref).all()

@@ -32,12 +32,10 @@ def expected_boundary(cfg, step):
     return make_masker(cfg.masking.strategy, cfg.data.k, **cfg.masking.params()).span_bounds(step - 1)[1]
 
 
-def test_tiny_run_writes_metrics_floors_and_a_loadable_model(prepared, tmp_path):
+def test_tiny_run_writes_metrics_floors_and_a_loadable_model(tiny_run):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    cfg = tiny(prepared, tmp_path, "outputs")
-    summary = pretrain(cfg)
-    run = tmp_path / "outputs"
+    run, summary, cfg = tiny_run  # the tiny config pretrained once for the session (conftest.py)
     m = lines(run / "metrics.jsonl")
     assert summary["finished"] and m[-1]["step"] == 150 and summary["tokens"] == 150 * 32 * 125
     assert [x["step"] for x in m] == list(range(5, 151, 5))
