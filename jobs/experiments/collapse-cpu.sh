@@ -9,7 +9,7 @@
 # Hours on 2 CPUs (about 30 minutes per pretraining), so it runs in pieces: rerun it and it resumes
 # where it stopped (a pretraining from its last checkpoint, fine-tuning skipping finished trials),
 # and after each piece it copies the small results (metrics, floors, fine-tuning tables) into
-# docs/experiments/collapse-cpu/ to be committed.
+# docs/experiments/collapse-cpu/ to be committed, with summary.md (jobs/experiments/collapse_cpu_summary.py).
 # Usage: jobs/experiments/collapse-cpu.sh [OUT]      SEEDS="0 1 2" ARMS="span randommask bert" to narrow
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -52,7 +52,7 @@ collect() {  # the small, durable results: what docs/experiments.md reads
     cp "$report" "$KEEP/$name.report.json"
     cp "$(dirname "$report")/loss_dynamics.png" "$KEEP/$name.loss_dynamics.png"
   done
-  true
+  $PY jobs/experiments/collapse_cpu_summary.py "$KEEP" > "$KEEP/summary.md"  # the tables of experiments.md 3.4
 }
 
 control() {  # the same initial weights as the pretraining of seed $1, and no pretraining
