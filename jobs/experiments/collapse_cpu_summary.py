@@ -106,13 +106,14 @@ def finetune_table(folder: str) -> list[str]:
         for (s, _), v in avg[a].items():
             by_pt.setdefault(s, []).append(v)
         lines.append(f"| {a} | " + " | ".join(f"{np.mean(v):.3f}" for _, v in sorted(by_pt.items())) + " |")
-    for a, b in (("span", "randommask"), ("span", "no-pretraining"), ("randommask", "no-pretraining"),
-                 ("bert", "no-pretraining")):
+    lines += ["", "Paired differences of the mean of datasets (same pretraining and fine-tuning seeds):", "",
+              "| pair | mean ± std | pairs above 0 |", "|---|---:|---:|"]
+    for a, b in (("randommask", "span"), ("bert", "span"), ("span", "no-pretraining"),
+                 ("randommask", "no-pretraining"), ("bert", "no-pretraining")):
         if a in avg and b in avg:
-            common = sorted(set(avg[a]) & set(avg[b]))
-            diffs = [avg[a][p] - avg[b][p] for p in common]
+            diffs = [avg[a][p] - avg[b][p] for p in sorted(set(avg[a]) & set(avg[b]))]
             if diffs:
-                lines.append(f"\nPaired {a} − {b} (mean of datasets, same seeds): {mean_std(diffs)}")
+                lines.append(f"| {a} − {b} | {mean_std(diffs)} | {sum(d > 0 for d in diffs)}/{len(diffs)} |")
     return lines
 
 
