@@ -52,7 +52,13 @@ collect() {  # the small, durable results: what docs/experiments.md reads
     cp "$report" "$KEEP/$name.report.json"
     cp "$(dirname "$report")/loss_dynamics.png" "$KEEP/$name.loss_dynamics.png"
   done
-  $PY jobs/experiments/collapse_cpu_summary.py "$KEEP" > "$KEEP/summary.md"  # the tables of experiments.md 3.4
+  # The tables of experiments.md 3.4. Written aside and renamed, so a failure leaves the last
+  # summary whole; it warns rather than stopping hours of runs over a table.
+  if $PY jobs/experiments/collapse_cpu_summary.py "$KEEP" > "$KEEP/summary.md.tmp"; then
+    mv "$KEEP/summary.md.tmp" "$KEEP/summary.md"
+  else
+    rm -f "$KEEP/summary.md.tmp"; echo "collapse-cpu: summary.md not updated (see the error above)" >&2
+  fi
 }
 
 control() {  # the same initial weights as the pretraining of seed $1, and no pretraining

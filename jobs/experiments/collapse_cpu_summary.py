@@ -37,9 +37,10 @@ def runs(folder: str, suffix: str) -> dict[str, dict[int, str]]:
     return out
 
 
-def last_eval(path: str) -> dict:
-    rows = [json.loads(line) for line in open(path) if "eval_span_k_mask_loss" in line]
-    return rows[-1]
+def evals(path: str) -> dict[int, dict]:
+    """{step: metrics line} for the lines of a metrics.jsonl that carry an evaluation."""
+    rows = (json.loads(line) for line in open(path))
+    return {r["step"]: r for r in rows if "eval_span_k_mask_loss" in r}
 
 
 def pretraining_table(folder: str) -> list[str]:
@@ -48,7 +49,8 @@ def pretraining_table(folder: str) -> list[str]:
     lines = [f"Floors: context-free {floors['context_free']:.2f}; overlap references (plug-in, approximate) "
              f"span-k {floors['eval_span_k_overlap']:.2f}, span-2k {floors['eval_span_2k_overlap']:.2f} nats.", "",
              "| arm | step | seeds | span-k [MASK] loss | span-2k [MASK] loss |", "|---|---:|---|---:|---:|"]
-    last = {arm: {s: last_eval(p) for s, p in found[arm].items()} for arm in ARMS if arm in found}
+    curves = {arm: {s: evals(p) for s, p in found[arm].items()} for arm in ARMS if arm in found}
+    last = {arm: {s: c[max(c)] for s, c in by_seed.items()} for arm, by_seed in curves.items()}
     for arm, by_seed in last.items():
         steps = {r["step"] for r in by_seed.values()}
         lines.append(f"| {arm} | {'/'.join(map(str, sorted(steps)))} | {','.join(map(str, sorted(by_seed)))} | "
@@ -56,12 +58,10 @@ def pretraining_table(folder: str) -> list[str]:
                      f"{mean_std([r['eval_span_2k_mask_loss'] for r in by_seed.values()])} |")
     lines += ["", "Over training (mean over the seeds above; span-k / span-2k):", "",
               "| step | " + " | ".join(last) + " |", "|---:|" + "---:|" * len(last)]
-    curves = {arm: [{r["step"]: r for r in map(json.loads, open(p)) if "eval_span_k_mask_loss" in r}
-                    for p in found[arm].values()] for arm in last}
-    steps = sorted(set.intersection(*(set(c) for arm in curves for c in curves[arm])))
+    steps = sorted(set.intersection(*(set(c) for by_seed in curves.values() for c in by_seed.values())))
     for step in [s for s in steps if s % 1000 == 0]:
-        cells = [f"{np.mean([c[step]['eval_span_k_mask_loss'] for c in curves[a]]):.3f} / "
-                 f"{np.mean([c[step]['eval_span_2k_mask_loss'] for c in curves[a]]):.3f}" for a in last]
+        cells = [f"{np.mean([c[step]['eval_span_k_mask_loss'] for c in curves[a].values()]):.3f} / "
+                 f"{np.mean([c[step]['eval_span_2k_mask_loss'] for c in curves[a].values()]):.3f}" for a in last]
         lines.append(f"| {step:,} | " + " | ".join(cells) + " |")
     if "span" in last and "randommask" in last:
         lines += ["", "Paired by seed (span − randommask; same weights, data and masks until the first widening):", "",
