@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 GENOME ?= ../shared/data/genomes/ecoli_536.fna.gz
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench gpu-check clean
+.PHONY: venv demo lint test test-unit bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -22,21 +22,32 @@ $(STAMP): pyproject.toml cluster/constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/randommask demo --genome "$(GENOME)"
 
-test: $(STAMP)
+# Seconds, before any test: the lint rules and the layer contract (pyproject.toml) fail a broken habit
+# or an upward import at once.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check platform tests jobs
+	$(VENV)/bin/lint-imports --no-cache
+
+# Everything: lint first, then the unit tier (no Ray, no servers) and the integration tier.
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-unit: lint
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+# The whole genome, as the README's figures were measured (the CLI's default is the packaged 300-kb slice).
 bench: $(STAMP)
-	$(VENV)/bin/randommask bench tokenize
-	$(VENV)/bin/randommask bench mask
-	$(VENV)/bin/randommask bench mlm-step
-	$(VENV)/bin/randommask bench pipeline
-	$(VENV)/bin/randommask bench train-overhead
-	$(VENV)/bin/randommask bench e2e
+	$(VENV)/bin/randommask bench tokenize --genome "$(GENOME)"
+	$(VENV)/bin/randommask bench mask --genome "$(GENOME)"
+	$(VENV)/bin/randommask bench mlm-step --genome "$(GENOME)"
+	$(VENV)/bin/randommask bench pipeline --genome "$(GENOME)"
+	$(VENV)/bin/randommask bench train-overhead --genome "$(GENOME)"
+	$(VENV)/bin/randommask bench e2e --genome "$(GENOME)"
 
 # The CUDA paths the CPU suite cannot run (docs/testing.md). On a bare GPU machine without .venv:
-#   PYTHONPATH=platform python3 -m randommask.gpu_check
+#   PYTHONPATH=platform python3 -m randommask.tools.gpu_check
 gpu-check: $(STAMP)
-	PYTHONPATH=platform $(PY) -m randommask.gpu_check
+	PYTHONPATH=platform $(PY) -m randommask.tools.gpu_check
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info platform/*.egg-info

@@ -67,8 +67,8 @@ control() {  # the same initial weights as the pretraining of seed $1, and no pr
   $PY - "$dir" "$1" <<'EOF'
 import sys, torch
 from randommask import KmerTokenizer
-from randommask.config import load_config
-from randommask.model import build_mlm
+from randommask.training.config import load_config
+from randommask.training.model import build_mlm
 cfg = load_config("jobs/configs/collapse-cpu.yaml")
 torch.manual_seed(int(sys.argv[2]))  # as the pretraining worker does before building the model
 build_mlm(cfg.model.preset, cfg.data.k, **cfg.model.overrides).save_pretrained(sys.argv[1])

@@ -6,13 +6,19 @@ grid can run on a GPU (jobs/experiments/collapse-probe-grid.sh) and be priced in
 the seconds per step measured here. Run from the repository root:
     python jobs/experiments/collapse-probe.py --out probe.jsonl --steps 8000 --hidden 128 --heads 4 --w 24 --bs 256
 """
-import argparse, json, sys, time
-import numpy as np, torch
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
 sys.path.insert(0, "platform")  # the package's own code, without installing it (the GPU machine has no Ray)
-from randommask.genome import genome_codes
-from randommask.tokenizer import KmerTokenizer, MASK
-from randommask.masking import make_masker
-from randommask.model import build_mlm, mlm_forward
+from randommask.data.genome import genome_codes
+from randommask.data.tokenizer import MASK, KmerTokenizer
+from randommask.training.masking import make_masker
+from randommask.training.model import build_mlm, mlm_forward
 
 p = argparse.ArgumentParser()
 p.add_argument("--k", type=int, default=6); p.add_argument("--w", type=int, default=40)

@@ -24,7 +24,7 @@ PY=${PYTHON:-.venv/bin/python}
 $PY -c "
 import sys, torch
 from randommask import KmerTokenizer
-from randommask.model import build_mlm
+from randommask.training.model import build_mlm
 torch.manual_seed(0)
 build_mlm('small').save_pretrained(sys.argv[1]); KmerTokenizer(6).save_pretrained(sys.argv[1])
 " "$OUT/runs/no-pretraining/final"

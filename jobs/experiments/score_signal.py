@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "platform"))
 
+from randommask.data.tokenizer import MASK, PAD  # noqa: E402
 from randommask.inference import fasta as fasta_io  # noqa: E402
 from randommask.inference.runtime import load_model  # noqa: E402
 from randommask.inference.variants import BASES, score_variants, windows  # noqa: E402
-from randommask.tokenizer import MASK, PAD  # noqa: E402
 
 COMBINE = {"product": lambda L: L.sum(0), "geometric_mean": lambda L: L.mean(0), "centre": lambda L: L[len(L) // 2]}
 QUIET = lambda *_: None  # noqa: E731

@@ -50,55 +50,35 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     em.add_argument("--region-bp", type=int, default=500)
     em.add_argument("--batch", type=int, default=64)
     for q in (t, m, s, pl, to, e2e, em):
-        q.add_argument("--genome", help="FASTA file (default: ../shared/data/genomes/ecoli_536.fna.gz)")
+        q.add_argument("--genome", help="FASTA file (default: the 300-kb E. coli slice shipped with the package; "
+                       "make bench passes the whole genome)")
         q.add_argument("--k", type=int, default=6)
         q.add_argument("--seed", type=int, default=0)
 
 
 def _run_bench(args: argparse.Namespace) -> None:
-    from randommask import bench
+    from randommask.tools.bench import BENCHES, print_result
 
-    common = dict(genome=args.genome, k=args.k, seed=args.seed)
-    if args.bench == "tokenize":
-        result = bench.bench_tokenize(windows=args.windows, window_bp=args.window_bp, **common)
-    elif args.bench == "mask":
-        result = bench.bench_mask(batch=args.batch, seq_len=args.seq_len, step=args.step, **common)
-    elif args.bench == "train-overhead":
-        result = bench.bench_train_overhead(preset=args.preset, batch=args.batch, window_bp=args.window_bp,
-                                            steps=args.steps, **common)
-    elif args.bench == "e2e":
-        result = bench.bench_e2e(preset=args.preset, batch=args.batch, window_bp=args.window_bp, steps=args.steps,
-                                 warmup=args.warmup, **common)
-    elif args.bench == "embed":
-        result = bench.bench_embed(preset=args.preset, regions=args.regions, region_bp=args.region_bp,
-                                   batch=args.batch, **common)
-    elif args.bench == "pipeline":
-        result = bench.bench_pipeline(epochs=args.epochs, batch=args.batch, window_bp=args.window_bp, **common)
-    else:
-        result = bench.bench_mlm_step(preset=args.preset, batch=args.batch, seq_len=args.seq_len, steps=args.steps,
-                                      device=args.device, compile=args.compile, **common)
-    bench.print_result(result)
-
-
-REPO = Path(__file__).resolve().parents[2]
+    options = {k: v for k, v in vars(args).items() if k not in ("command", "bench")}
+    print_result(BENCHES[args.bench](**options))
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="prepare a genome and run a local RandomMask pretraining (make demo)")
-    p.add_argument("--genome", help="FASTA file or URL (default: ../shared/data/genomes/ecoli_536.fna.gz)")
-    p.add_argument("--config", default=str(REPO / "jobs" / "configs" / "demo-cpu.yaml"))
+    p.add_argument("--genome", help="FASTA file or URL (default: the 300-kb E. coli slice shipped with the package; "
+                   "make demo passes the whole genome from ../shared)")
+    p.add_argument("--config", help="default: the package's demo-cpu.yaml (jobs/configs/demo-cpu.yaml in the checkout)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
 
 
 def _run_demo(args: argparse.Namespace) -> None:
-    from randommask import storage
-    from randommask.config import load_config
-    from randommask.genome import is_fasta_name
-    from randommask.prepare import prepare
+    from randommask.common import storage
+    from randommask.common.assets import DEMO_CONFIG, GENOME_SLICE
+    from randommask.data.genome import is_fasta_name
+    from randommask.data.prepare import prepare
+    from randommask.training.config import load_config
 
-    from randommask.bench import DEFAULT_GENOME
-
-    genome = args.genome or str(DEFAULT_GENOME)
+    genome = args.genome or str(GENOME_SLICE)
     if storage.is_local(genome) and not Path(genome).is_file():
         raise UserError(f"no genome at {genome}; run 'make demo GENOME=<FASTA path or URL>'")
     if not is_fasta_name(genome):
@@ -106,7 +86,7 @@ def _run_demo(args: argparse.Namespace) -> None:
     stem = Path(genome.rstrip("/")).name.split(".")[0]
     prepared = str(Path("outputs") / "prepared" / stem)
     name = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = load_config(args.config, [f"data.prepared={prepared}", f"run.name={name}", *args.set])
+    cfg = load_config(args.config or DEMO_CONFIG, [f"data.prepared={prepared}", f"run.name={name}", *args.set])
     print(f"demo     RandomMask pretraining of the {cfg.model.preset} model on {Path(genome).name}", flush=True)
     m = prepare([genome], prepared, show_progress=False)
     print(f"data     {m['totals']['bases']:,} bp prepared into {prepared} "
@@ -122,13 +102,13 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pretrain(args: argparse.Namespace) -> None:
-    from randommask.config import load_config
+    from randommask.training.config import load_config
 
     _pretrain_and_report(load_config(args.config, args.set))
 
 
 def _pretrain_and_report(cfg) -> None:
-    from randommask.train import pretrain
+    from randommask.training.driver import pretrain
 
     c = cfg
     print(f"run      {c.run.name}: {c.masking.strategy} masking, {c.model.preset} model, {c.optim.max_steps} steps, "
@@ -191,7 +171,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data(args: argparse.Namespace) -> None:
-    from randommask.prepare import prepare
+    from randommask.data.prepare import prepare
 
     t0 = time.perf_counter()
     m = prepare(args.sources, args.out, val_fraction=args.val_fraction, seed=args.seed, min_length=args.min_length,
@@ -257,7 +237,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> None:
-    from randommask.tune import sweep
+    from randommask.sweep.driver import sweep
 
     out = sweep(args.config, args.set)
     for row in out["trials"]:
@@ -302,7 +282,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> None:
-    from randommask.analysis import analyze
+    from randommask.evaluation.analysis import analyze
 
     r = analyze([args.run, *args.compare], args.out, prepared=args.prepared, finetune_results=args.finetune_results,
                 windows=args.windows, window_bp=args.window_bp, batch_size=args.batch_size, device=args.device,

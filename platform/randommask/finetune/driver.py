@@ -8,13 +8,14 @@ import os
 import time
 from typing import Any
 
-from randommask import gue, storage
+from randommask.common import storage
+from randommask.common.checkpoints import node_checkpoint
+from randommask.data.tokenizer import KmerTokenizer
 from randommask.errors import UserError
+from randommask.evaluation import gue
 from randommask.finetune import protocol as protocols
-from randommask.finetune.checkpoints import node_checkpoint
 from randommask.finetune.results import aggregate, comparability, load_baselines, write_results
 from randommask.finetune.trial import trial_file, tune_trial
-from randommask.tokenizer import KmerTokenizer
 
 TRIAL_RETRIES = 2  # a trial that fails (lost node, storage fault) runs again from its start
 
@@ -121,7 +122,7 @@ def _check_same_settings(trial: dict[str, Any], requested: dict[str, Any], plan:
 def _run_tune(todo: list[tuple[str, int]], common: dict, cpus: float, gpus: float) -> dict[tuple[str, int], str]:
     from ray import tune
 
-    from randommask.ray_runtime import ensure_ray
+    from randommask.common.ray_runtime import ensure_ray
 
     ensure_ray()
     resources = {"cpu": cpus, **({"gpu": gpus} if gpus else {})}

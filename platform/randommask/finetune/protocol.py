@@ -16,10 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from randommask import gue
 from randommask.errors import UserError
+from randommask.evaluation import gue
 
 PROTOCOLS = ("published", "fast")
 SELECTION = {"published": "dev_loss@eval_steps", "fast": "dev_metric@epoch"}
@@ -76,26 +74,6 @@ def schedule(p: Plan, n_train: int, subsampled: bool = False) -> Schedule:
     else:
         at = epoch_ends
     return Schedule(spe, total, epochs, tuple(sorted(at)))
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Trainer's linear schedule (the scripts' default): 0 -> 1 over warmup, then down to 0 at the end.
-    ``step`` counts optimizer steps already taken, so the first step runs at factor 0, as there."""
-    if step < warmup:
-        return step / max(1, warmup)
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups as Trainer makes them: no weight decay on biases and LayerNorm weights."""
-    no_decay = {f"{mod_name}.{name}" if mod_name else name
-                for mod_name, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm)
-                for name, _ in mod.named_parameters(recurse=False)}
-    decay, rest = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (rest if name in no_decay or name.endswith("bias") else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 def better(p: Plan, dev: dict[str, float], best: dict[str, float] | None, metric: str) -> bool:

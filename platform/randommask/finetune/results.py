@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from randommask import gue, storage
+from randommask.common import storage
 from randommask.errors import UserError
+from randommask.evaluation import gue
 
 
 def load_baselines(path: str) -> dict[str, dict[str, float]]:

@@ -11,11 +11,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from randommask import gue, storage
+from randommask.common import storage
+from randommask.common.checkpoints import node_checkpoint
+from randommask.data.tokenizer import KmerTokenizer
+from randommask.evaluation import gue
 from randommask.finetune import protocol
-from randommask.finetune.checkpoints import node_checkpoint
-from randommask.model import autocast
-from randommask.tokenizer import KmerTokenizer
+from randommask.training.model import autocast
+from randommask.training.step import lr_factor, param_groups
 
 # Rows per forward pass: a batch larger than this (covid's 128) is accumulated from micro-batches,
 # as the scripts do with gradient_accumulation_steps, with the same result as one big batch.
@@ -25,13 +27,6 @@ MICRO_BATCH = 32
 def trial_file(out: str, name: str, seed: int) -> str:
     """Where a finished (dataset, seed) trial's result lives: local or on S3, beside results.*."""
     return storage.join(out, "trials", f"{name.replace('/', '_')}__seed{seed}.json")
-
-
-def metrics(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
-    return {"mcc": float(matthews_corrcoef(labels, preds)), "f1_macro": float(f1_score(labels, preds, average="macro")),
-            "accuracy": float(accuracy_score(labels, preds))}
 
 
 @torch.no_grad()
@@ -46,7 +41,7 @@ def evaluate(model, ids: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor,
         logits.append(out.logits.float().cpu())
     logits = torch.cat(logits)
     loss = float(torch.nn.functional.cross_entropy(logits, labels))
-    return {"loss": loss, **metrics(labels.numpy(), logits.argmax(-1).numpy())}
+    return {"loss": loss, **gue.scores(labels.numpy(), logits.argmax(-1).numpy())}
 
 
 def run_trial(p: dict[str, Any], report: Callable[[dict], None] | None = None,
@@ -92,9 +87,9 @@ def run_trial(p: dict[str, Any], report: Callable[[dict], None] | None = None,
     ids, attn, labels = tensors["train"]
     n_train, batch = len(ids), plan["batch_size"]
     sched = protocol.schedule(plan, n_train, subsampled=n_train < rows_in_file["train"])
-    opt = torch.optim.AdamW(protocol.param_groups(model, plan["weight_decay"]), lr=plan["lr"])
+    opt = torch.optim.AdamW(param_groups(model, plan["weight_decay"]), lr=plan["lr"])
     lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: protocol.lr_factor(s, plan["warmup_steps"], sched.total_steps))
+        opt, lambda s: lr_factor(s, plan["warmup_steps"], sched.total_steps, trainer_warmup=True))
     eval_at = set(sched.eval_at)
     best, best_step, best_state, history, step = None, 0, None, [], 0
     for epoch in range(sched.epochs):

@@ -29,7 +29,7 @@ TILES_PER_FORWARD = 64  # tiles in one forward pass: bounds activation memory wh
 def tokenize_regions(batch: dict[str, np.ndarray], fasta: str, k: int, stride: int, max_kmers: int,
                      storage_options: dict | None = None) -> dict[str, np.ndarray]:
     """Ray Data task: each region's sequence, cut into tiles, as token ids (n_tiles, width)."""
-    from randommask.tokenizer import KmerTokenizer
+    from randommask.data.tokenizer import KmerTokenizer
 
     fa = fasta_io.open_fasta(fasta, storage_options, log=lambda *_: None)
     tok = KmerTokenizer(k, stride)
@@ -65,8 +65,8 @@ class Embedder:
         """One vector per region from its tiles' token ids (each (n_tiles, width), [PAD]-padded)."""
         import torch
 
-        from randommask.model import autocast
-        from randommask.tokenizer import PAD
+        from randommask.data.tokenizer import PAD
+        from randommask.training.model import autocast
 
         owner = np.concatenate([np.full(len(r), i) for i, r in enumerate(regions)])
         width = max(r.shape[1] for r in regions)

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from randommask import storage
+from randommask.common import storage
 from randommask.errors import UserError
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from randommask import storage
+from randommask.common import storage
 from randommask.errors import UserError
 
 
@@ -38,8 +38,8 @@ def load_model(checkpoint: str, kind: str, gpu: bool, threads: int | None, stora
     import transformers
     from transformers import BertForMaskedLM, BertModel
 
-    from randommask.finetune import node_checkpoint
-    from randommask.tokenizer import KmerTokenizer
+    from randommask.common.checkpoints import node_checkpoint
+    from randommask.data.tokenizer import KmerTokenizer
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -57,8 +57,8 @@ def model_limits(checkpoint: str, storage_options: dict | None = None) -> tuple[
     """(tokenizer, config) of a checkpoint, read in the driver before any work starts."""
     from transformers import BertConfig
 
-    from randommask.finetune import node_checkpoint
-    from randommask.tokenizer import KmerTokenizer
+    from randommask.common.checkpoints import node_checkpoint
+    from randommask.data.tokenizer import KmerTokenizer
 
     local = node_checkpoint(checkpoint, storage_options)
     return KmerTokenizer.from_pretrained(local), BertConfig.from_pretrained(local)
@@ -119,7 +119,7 @@ def run_pipeline(rows: list[dict], out: str, prepare: Callable, prepare_kwargs: 
     (the model, one copy per actor) -> Parquet under OUT. Returns counts and timings."""
     import ray
 
-    from randommask.ray_runtime import ensure_ray
+    from randommask.common.ray_runtime import ensure_ray
 
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -84,7 +84,7 @@ def windows(batch: dict[str, np.ndarray], fasta: str, k: int, stride: int, windo
             storage_options: dict | None = None) -> dict[str, np.ndarray]:
     """Ray Data task: for each variant, the masked window's token ids, which tokens cover it, and the
     ids of the four candidate k-mers at each; or an error."""
-    from randommask.tokenizer import MASK, KmerTokenizer, codes_from_bytes
+    from randommask.data.tokenizer import MASK, KmerTokenizer, codes_from_bytes
 
     fa = fasta_io.open_fasta(fasta, storage_options, log=lambda *_: None)
     lengths = fasta_io.contig_lengths(fa)
@@ -149,8 +149,8 @@ class Scorer:
         import pyarrow as pa
         import torch
 
-        from randommask.model import autocast
-        from randommask.tokenizer import MASK, PAD
+        from randommask.data.tokenizer import MASK, PAD
+        from randommask.training.model import autocast
 
         n = len(batch["error"])
         llr, p_ref, p_alt, entropy = (np.full(n, np.nan) for _ in range(4))

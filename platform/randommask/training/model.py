@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM
 
+from randommask.data.tokenizer import MASK, PAD, vocab_size_for
 from randommask.errors import UserError
-from randommask.tokenizer import MASK, PAD, vocab_size_for
 
-MAX_POSITIONS = 512  # DNABERT's; a 512-token window of 6-mers covers 515 bp minus [CLS]/[SEP]
+MAX_POSITIONS = 512  # DNABERT's: [CLS], 510 overlapping 6-mers and [SEP], i.e. a 515-bp window
 
 PRESETS: dict[str, dict[str, int]] = {
     # tests: seconds on a CPU
@@ -60,10 +60,6 @@ def build_config(preset: str, k: int = 6, **overrides: Any) -> BertConfig:
 def build_mlm(preset: str, k: int = 6, **overrides: Any) -> BertForMaskedLM:
     """A freshly initialised ``BertForMaskedLM`` with SDPA attention for a k-mer vocabulary."""
     return BertForMaskedLM._from_config(build_config(preset, k, **overrides), attn_implementation="sdpa")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)  # DDP / SparseMLM wrappers
 
 
 # The counts that ``mlm_forward`` returns beside the loss, in this order (one float tensor): all labelled
@@ -117,16 +113,6 @@ def mlm_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Masked-LM cross-entropy over labelled positions; equals ``model(..., labels=labels).loss``."""
     return mlm_forward(model, input_ids, labels, attention_mask)[0]
-
-
-def unwrap_mlm(model: nn.Module) -> BertForMaskedLM:
-    """The ``BertForMaskedLM`` inside DDP and :class:`SparseMLM` wrappers."""
-    while not isinstance(model, BertForMaskedLM):
-        inner = _unwrap(model)
-        if inner is model:
-            raise TypeError(f"no BertForMaskedLM inside {type(model).__name__}")
-        model = inner
-    return model
 
 
 def autocast(device: torch.device):

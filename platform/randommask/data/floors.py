@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from randommask import storage
-from randommask.genome import CODE_MASK
-from randommask.tokenizer import NUM_SPECIAL, kmer_ids_from_codes
+from randommask.common import storage
+from randommask.data.genome import CODE_MASK
+from randommask.data.tokenizer import NUM_SPECIAL, kmer_ids_from_codes
 
 if TYPE_CHECKING:  # torch is imported where the tensors are made, not at module load
     import torch
@@ -36,12 +36,12 @@ def split_codes(prepared: str, split: str, max_bases: int | None = None,
                 storage_options: dict | None = None) -> list[np.ndarray]:
     """Nucleotide codes of a split's intervals (one array per piece of at most 1 Mbp, never joined
     across intervals). Over ``max_bases``, evenly spaced pieces up to that many bases."""
-    from randommask.data import _intervals
-    from randommask.prepare import read_manifest
+    from randommask.data.prepare import read_manifest
+    from randommask.data.stream import split_intervals
 
     manifest = read_manifest(prepared, storage_options)
     records = manifest["records"]
-    pieces = [(int(r), s, min(s + PIECE_BP, int(e))) for r, start, e in _intervals(manifest, split)
+    pieces = [(int(r), s, min(s + PIECE_BP, int(e))) for r, start, e in split_intervals(manifest, split)
               for s in range(int(start), int(e), PIECE_BP)]
     total = sum(e - s for _, s, e in pieces)
     if max_bases is not None and total > max_bases and pieces:
@@ -108,7 +108,7 @@ def eval_reference(inputs: "torch.Tensor", labels: "torch.Tensor", k: int, strid
     of bases no visible token shows, times the per-base conditional entropy. It is ``per_base`` for
     a span of k stride-1 tokens away from the edges; less where a kept token inside a span shows the
     hidden base; more at window edges and for wider spans."""
-    from randommask.tokenizer import MASK
+    from randommask.data.tokenizer import MASK
 
     at_mask = (labels != -100) & (inputs == MASK)
     if not at_mask.any():

@@ -14,12 +14,11 @@ from typing import Sequence
 
 import torch
 
+from randommask.data.tokenizer import MASK, NUM_SPECIAL, vocab_size_for
 from randommask.errors import UserError
-from randommask.tokenizer import MASK, NUM_SPECIAL, vocab_size_for
 
 # The schedule reported for the paper: the step at which each phase ends.
 PAPER_PHASE_ENDS = (30000, 60000, 100000, 150000, 480000)
-STRATEGIES = ("bert", "span", "randommask")
 
 
 def _prob(name: str, value: float, closed: bool = False) -> float:
@@ -221,16 +220,28 @@ class RandomMasker(Masker):
         return cover_spans(centres, lengths, hi)
 
 
-_MASKERS = {"bert": BertMasker, "span": SpanMasker, "randommask": RandomMasker}
+# The registry: each strategy's name and class. A strategy's parameters are its dataclass fields
+# (besides k); the config's masking section, the sweep and make_masker all read them from here.
+STRATEGIES: dict[str, type[Masker]] = {"bert": BertMasker, "span": SpanMasker, "randommask": RandomMasker}
+
+
+def strategy_params(strategy: str) -> tuple[str, ...]:
+    """The parameters ``strategy`` takes, in declaration order."""
+    return tuple(name for name in STRATEGIES[strategy].__dataclass_fields__ if name != "k")
+
+
+def all_params() -> tuple[str, ...]:
+    """Every parameter any strategy takes (the keys of the config's masking section besides strategy)."""
+    return tuple(dict.fromkeys(name for s in STRATEGIES for name in strategy_params(s)))
 
 
 def make_masker(strategy: str, k: int, **params) -> Masker:
     """Build a masker by name: ``"bert"``, ``"span"`` (DNABERT) or ``"randommask"``."""
-    cls = _MASKERS.get(strategy)
+    cls = STRATEGIES.get(strategy)
     if cls is None:
         raise UserError(f"unknown masking strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    allowed = set(cls.__dataclass_fields__) - {"k"}
-    unknown = sorted(set(params) - allowed)
+    allowed = strategy_params(strategy)
+    unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise UserError(f"masking strategy {strategy!r} takes no parameter {', '.join(unknown)}; "
                         f"it takes {', '.join(sorted(allowed))}")

@@ -1,206 +1,23 @@
-"""Benchmarks: our hot paths against the DNABERT-style baseline, measured in the same process.
-
-Each prints one JSON line: our figure, the baseline's, and the ratio. They are measurements, not
-tests; run them on an idle machine.
-"""
+"""Benchmarks through Ray: the data pipeline from S3, the train step in a Ray Train worker, a whole
+pretraining, and batch-inference embeddings."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from randommask.errors import UserError
-from randommask.genome import cut_windows, genome_codes
-from randommask.hardware import peak_bf16_flops, train_flops_per_token
-from randommask.masking import make_masker
-from randommask.model import build_mlm, mlm_loss
-from randommask.tokenizer import ALPHABET, KmerTokenizer
-
-DEFAULT_GENOME = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "genomes" / "ecoli_536.fna.gz"
-
-
-def resolve_genome(genome: str | None) -> Path:
-    path = Path(genome) if genome else DEFAULT_GENOME
-    if not path.is_file():
-        raise UserError(f"genome {path} not found; pass --genome PATH to a FASTA file")
-    return path
-
-
-def best_time(fn: Callable[[], object], repeat: int = 3) -> float:
-    """Best wall time of ``repeat`` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def _windows_as_str(genome: str | None, n: int, window_bp: int, seed: int) -> list[str]:
-    codes = cut_windows(genome_codes(resolve_genome(genome)), window_bp, n, seed)
-    letters = np.frombuffer(ALPHABET.encode() + b"N", dtype=np.uint8)
-    return [row.tobytes().decode() for row in letters[codes]]
-
-
-# ---- tokenize ----------------------------------------------------------------------------------
-def bench_tokenize(genome: str | None = None, windows: int = 2000, window_bp: int = 512, k: int = 6,
-                   seed: int = 0) -> dict:
-    seqs = _windows_as_str(genome, windows, window_bp, seed)
-    tok = KmerTokenizer(k)
-    hf = _hf_tokenizer(k)
-
-    def baseline() -> list[list[int]]:
-        # DNABERT's data path: Python k-mer strings joined by spaces, then a BERT tokenizer.
-        texts = [" ".join(s[i : i + k] for i in range(len(s) - k + 1)) for s in seqs]
-        return hf(texts)["input_ids"]
-
-    def ours() -> np.ndarray:
-        return tok.encode_batch(seqs)["input_ids"]
-
-    if np.asarray(baseline()).tolist() != ours().tolist():
-        raise AssertionError("tokenize baseline and ours disagree")
-    n_tokens = windows * tok.num_tokens(window_bp)
-    t_base, t_ours = best_time(baseline, 2), best_time(ours, 5)
-    return {
-        "bench": "tokenize", "windows": windows, "window_bp": window_bp, "k": k,
-        "ours_tokens_per_s": round(n_tokens / t_ours), "baseline_tokens_per_s": round(n_tokens / t_base),
-        "ratio": round(t_base / t_ours, 1), "baseline": "python k-mer strings + BertTokenizerFast",
-    }
-
-
-# ---- mask --------------------------------------------------------------------------------------
-def dnabert_style_mask(input_ids: torch.Tensor, hf_tokenizer, centre_prob: float, span_lo: int, span_hi: int,
-                       rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-    """DNABERT's masking procedure (run_pretrain.py's mask_tokens), widened to RandomMask's variable
-    spans: a per-row Python special-token mask from the tokenizer, then a Python loop over every
-    centre of every row. The reference the vectorized masker is measured against."""
-    labels = input_ids.clone()
-    prob = torch.full(labels.shape, centre_prob)
-    special = [hf_tokenizer.get_special_tokens_mask(row, already_has_special_tokens=True) for row in labels.tolist()]
-    prob.masked_fill_(torch.tensor(special, dtype=torch.bool), 0.0)
-    prob.masked_fill_(labels.eq(hf_tokenizer.pad_token_id), 0.0)
-    masked = torch.bernoulli(prob).bool()
-    centres_per_row = copy.deepcopy(masked)
-    for i, row in enumerate(centres_per_row):
-        end = torch.where(prob[i] != 0)[0].tolist()[-1]
-        centres = set(torch.where(row == 1)[0].tolist())
-        widened = copy.deepcopy(centres)
-        for c in centres:
-            m = rng.randint(span_lo, span_hi)
-            for pos in range(c - (m - 1) // 2, c + m // 2 + 1):
-                if 1 <= pos <= end:
-                    widened.add(pos)
-        masked[i][list(widened)] = True
-    labels[~masked] = -100
-    replaced = torch.bernoulli(torch.full(labels.shape, 0.8)).bool() & masked
-    inputs = input_ids.clone()
-    inputs[replaced] = hf_tokenizer.mask_token_id
-    randomized = torch.bernoulli(torch.full(labels.shape, 0.5)).bool() & masked & ~replaced
-    inputs[randomized] = torch.randint(len(hf_tokenizer), labels.shape, dtype=torch.long)[randomized]
-    return inputs, labels
-
-
-def _hf_tokenizer(k: int):
-    from transformers import BertTokenizerFast
-
-    with tempfile.TemporaryDirectory() as d:
-        KmerTokenizer(k).save_pretrained(d)
-        return BertTokenizerFast.from_pretrained(d)
-
-
-def _token_batch(genome: str | None, batch: int, window_bp: int, k: int, seed: int) -> torch.Tensor:
-    codes = cut_windows(genome_codes(resolve_genome(genome)), window_bp, batch, seed)
-    return torch.from_numpy(KmerTokenizer(k).encode_windows(codes)).long()
-
-
-def bench_mask(genome: str | None = None, batch: int = 32, seq_len: int = 512, k: int = 6, step: int = 200000,
-               seed: int = 0) -> dict:
-    ids = _token_batch(genome, batch, seq_len - 2 + k - 1, k, seed)
-    masker = make_masker("randommask", k)
-    lo, hi = masker.span_bounds(step)
-    gen = torch.Generator().manual_seed(seed)
-    rng = random.Random(seed)
-    t_ours = best_time(lambda: masker(ids, step, gen), 20)
-    hf = _hf_tokenizer(k)
-    t_base = best_time(lambda: dnabert_style_mask(ids, hf, masker.centre_prob, lo, hi, rng), 3)
-    _, labels = masker(ids, step, gen)
-    return {
-        "bench": "mask", "batch": batch, "seq_len": ids.shape[1], "strategy": "randommask", "step": step,
-        "span_bounds": [lo, hi], "masked_fraction": round(float((labels != -100).float().mean()), 4),
-        "ours_ms": round(t_ours * 1e3, 3), "baseline_ms": round(t_base * 1e3, 3), "ratio": round(t_base / t_ours, 1),
-        "baseline": "DNABERT-style per-row special mask + per-centre Python loop",
-    }
-
-
-# ---- mlm-step ----------------------------------------------------------------------------------
-def bench_mlm_step(genome: str | None = None, preset: str = "tiny", batch: int = 16, seq_len: int = 512,
-                   k: int = 6, steps: int = 5, device: str = "cpu", seed: int = 0, compile: bool = False) -> dict:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA device")
-    torch.manual_seed(seed)
-    dev = torch.device(device)
-    ids = _token_batch(genome, batch, seq_len - 2 + k - 1, k, seed).to(dev)
-    masker = make_masker("span", k)
-    inputs, labels = masker(ids, 0, torch.Generator(device=dev).manual_seed(seed))
-    attn = torch.ones_like(inputs)
-    model = build_mlm(preset, k).to(dev).train()
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    sparse_fn = torch.compile(lambda: mlm_loss(model, inputs, labels, attn)) if compile else None
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
-    def run(loss_fn: Callable[[], torch.Tensor]) -> tuple[float, float]:
-        with amp:
-            loss_fn().backward()  # warm-up
-        model.zero_grad(set_to_none=True)
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            with amp:
-                loss = loss_fn()
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-        sync()
-        return (time.perf_counter() - t0) / steps, float(loss.detach())
-
-    # Same loss: compared with dropout off, so both paths see identical activations.
-    model.eval()
-    with torch.no_grad(), amp:
-        loss_ours = float(mlm_loss(model, inputs, labels, attn))
-        loss_base = float(model(input_ids=inputs, attention_mask=attn, labels=labels).loss)
-    model.train()
-    t_ours, _ = run(sparse_fn or (lambda: mlm_loss(model, inputs, labels, attn)))
-    t_base, _ = run(lambda: model(input_ids=inputs, attention_mask=attn, labels=labels).loss)
-    tokens = inputs.numel()
-    frac = float((labels != -100).float().mean())
-    out = {
-        "bench": "mlm-step", "preset": preset, "device": str(dev), "batch": batch, "seq_len": inputs.shape[1],
-        "ours_tokens_per_s": round(tokens / t_ours), "baseline_tokens_per_s": round(tokens / t_base),
-        "ratio": round(t_base / t_ours, 2), "loss_ours": round(loss_ours, 6), "loss_baseline": round(loss_base, 6),
-        "loss_abs_diff": abs(loss_ours - loss_base),
-        "masked_fraction": round(frac, 4), "baseline": "HF BertForMaskedLM full-vocabulary loss",
-    }
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-        card = peak_bf16_flops(name)
-        flops = train_flops_per_token(model.config, inputs.shape[1], frac) * tokens / t_ours
-        out.update(gpu=name, dtype="bf16", tflops=round(flops / 1e12, 1),
-                   mfu=round(flops / card[1], 3) if card else None)
-    return out
+from randommask.data.genome import cut_windows, genome_codes
+from randommask.data.tokenizer import KmerTokenizer
+from randommask.tools.bench.common import dnabert_style_mask, hf_tokenizer, resolve_genome, windows_as_str
+from randommask.training.masking import make_masker
+from randommask.training.model import build_mlm
 
 
 # ---- pipeline ----------------------------------------------------------------------------------
@@ -210,10 +27,10 @@ def bench_pipeline(genome: str | None = None, epochs: int = 3, batch: int = 256,
     the genome from a local S3 server (rclone), against DNABERT's data path on the same windows."""
     import shutil
 
-    from randommask.data import _ReadChunk, build_plan, pretraining_dataset
-    from randommask.prepare import prepare
-    from randommask.ray_runtime import ensure_ray
-    from randommask.s3server import local_s3
+    from randommask.common.ray_runtime import ensure_ray
+    from randommask.data.prepare import prepare
+    from randommask.data.stream import ReadChunk, build_plan, data_section, pretraining_dataset
+    from randommask.tools.s3server import local_s3
 
     path = resolve_genome(genome)
     with tempfile.TemporaryDirectory() as tmp, local_s3(Path(tmp) / "s3", "bench-key-0001", "bench-secret-0001") as s3:
@@ -225,9 +42,10 @@ def bench_pipeline(genome: str | None = None, epochs: int = 3, batch: int = 256,
         manifest = prepare([f"s3://genomes/{path.name}"], "s3://prepared/bench", seed=seed, show_progress=False)
         prepare_s = time.perf_counter() - t0
         uri = "s3://prepared/bench"
+        data = data_section({"prepared": uri, "window_bp": window_bp, "k": k})
         per_epoch, waits, first_batch = [], [], []
         for epoch in range(epochs + 1):  # epoch 0 warms up Ray's worker processes
-            ds = pretraining_dataset(uri, window_bp=window_bp, k=k, seed=seed, epoch=epoch)
+            ds = pretraining_dataset(data, seed=seed, epoch=epoch)
             n_tokens, wait, t_start = 0, 0.0, time.perf_counter()
             it = iter(ds.iter_torch_batches(batch_size=batch))
             while True:
@@ -246,14 +64,14 @@ def bench_pipeline(genome: str | None = None, epochs: int = 3, batch: int = 256,
         seconds = sum(t for _, t in per_epoch)
         # Where the time goes: the same per-chunk work, serially in this process.
         plan = build_plan(uri, window_bp=window_bp, seed=seed, epoch=1)
-        udf = _ReadChunk(uri, window_bp, k, 1, seed, 1, True, 0.5, 0.1, 0, None)
+        udf = ReadChunk(data, seed, 1, train=True)
         stages: dict[str, float] = {}
         for row in plan.chunks:
-            udf._one(row, stages)
+            udf.read(row, stages)
         stage_tokens = plan.num_samples * KmerTokenizer(k).num_tokens(window_bp)
     # DNABERT's path on the same kind of windows: Python strings, k-mer text, a BERT tokenizer.
-    seqs = _windows_as_str(str(path), baseline_windows, window_bp, seed)
-    hf = _hf_tokenizer(k)
+    seqs = windows_as_str(str(path), baseline_windows, window_bp, seed)
+    hf = hf_tokenizer(k)
     t = time.perf_counter()
     hf([" ".join(s[i : i + k] for i in range(len(s) - k + 1)) for s in seqs])
     base_tps = baseline_windows * KmerTokenizer(k).num_tokens(window_bp) / (time.perf_counter() - t)
@@ -274,9 +92,9 @@ def bench_pipeline(genome: str | None = None, epochs: int = 3, batch: int = 256,
 def _overhead_loop(config: dict) -> float:
     """Steady-state tokens/s of the pretraining step (step.train_step) on in-memory batches. Runs in
     this process, or inside a Ray Train worker when ``config["in_ray"]``."""
-    from randommask.config import OptimSection
-    from randommask.model import SparseMLM
-    from randommask.step import build_optimizer, train_step
+    from randommask.training.config import OptimSection
+    from randommask.training.model import SparseMLM
+    from randommask.training.step import build_optimizer, train_step
 
     torch.manual_seed(0)
     batches = torch.from_numpy(config["batches"])
@@ -307,7 +125,7 @@ def bench_train_overhead(genome: str | None = None, preset: str = "tiny", batch:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from randommask.ray_runtime import ensure_ray
+    from randommask.common.ray_runtime import ensure_ray
 
     codes = cut_windows(genome_codes(resolve_genome(genome)), window_bp, batch * (steps + warmup), seed)
     batches = KmerTokenizer(k).encode_windows(codes).reshape(steps + warmup, batch, -1)
@@ -341,7 +159,7 @@ def _dnabert_loop(seqs: list[str], preset: str, batch: int, steps: int, warmup: 
     DataLoader, DNABERT's per-row Python span masking, the full-vocabulary MLM loss, AdamW."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    hf = _hf_tokenizer(k)
+    hf = hf_tokenizer(k)
     t0 = time.perf_counter()
     enc = hf([" ".join(s[i : i + k] for i in range(len(s) - k + 1)) for s in seqs], return_tensors="pt")
     tokenize_s = time.perf_counter() - t0
@@ -376,9 +194,9 @@ def bench_e2e(genome: str | None = None, preset: str = "tiny", batch: int = 32, 
     shards, masking on the device, sparse loss, AdamW, metrics and a final checkpoint), against a
     DNABERT-style loop on the same model, genome, window and batch size, on this machine. Steady
     state after ``warmup`` steps for both; our whole-command figure (Ray start-up included) too."""
-    from randommask.config import PretrainConfig
-    from randommask.prepare import prepare
-    from randommask.train import pretrain
+    from randommask.data.prepare import prepare
+    from randommask.training.config import PretrainConfig
+    from randommask.training.driver import pretrain
 
     path = resolve_genome(genome)
     with tempfile.TemporaryDirectory() as tmp:
@@ -402,7 +220,7 @@ def bench_e2e(genome: str | None = None, preset: str = "tiny", batch: int = 32, 
     # The last line's own window only: its time stamp precedes the final evaluation and checkpoint.
     end = lines[-1]
     ours = (end["tokens"] - start["tokens"]) / max(end["time"] - start["time"], 1e-9)
-    seqs = _windows_as_str(str(path), batch * steps, window_bp, seed)
+    seqs = windows_as_str(str(path), batch * steps, window_bp, seed)
     base = _dnabert_loop(seqs, preset, batch, steps, warmup, k, seed)
     return {
         "bench": "e2e", "preset": preset, "batch": batch, "window_bp": window_bp, "steps": steps,
@@ -451,7 +269,7 @@ def bench_embed(genome: str | None = None, preset: str = "tiny", regions: int = 
         wall_s = time.perf_counter() - t0
         ours = pq.read_table(f"{tmp}/out").to_pandas().set_index("name")
 
-        hf = _hf_tokenizer(k)
+        hf = hf_tokenizer(k)
         transformers.logging.set_verbosity_error()
         model = BertModel.from_pretrained(ckpt, add_pooling_layer=False).eval()
         threads = torch.get_num_threads()
@@ -485,11 +303,3 @@ def bench_embed(genome: str | None = None, preset: str = "tiny", regions: int = 
         "baseline": "plain loop: pyfaidx reads, BertTokenizerFast k-mer text, BertModel forward, mean of the "
                     "k-mer tokens; 1 torch thread, as our one actor",
     }
-
-
-BENCHES = {"tokenize": bench_tokenize, "mask": bench_mask, "mlm-step": bench_mlm_step, "pipeline": bench_pipeline,
-           "train-overhead": bench_train_overhead, "e2e": bench_e2e, "embed": bench_embed}
-
-
-def print_result(result: dict) -> None:
-    print(json.dumps(result), flush=True)

@@ -25,13 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from randommask import storage
-from randommask.errors import UserError
-from randommask.genome import (
-    CODE_MASK, HEAD_BYTES, SOFT_BIT, HashingReader, check_head, gzip_errors, is_fasta_name, open_decompressed,
+from randommask.common import storage
+from randommask.data.genome import (
+    CODE_MASK,
+    HEAD_BYTES,
+    SOFT_BIT,
+    HashingReader,
+    check_head,
+    gzip_errors,
+    is_fasta_name,
+    open_decompressed,
     parse_fasta,
 )
-from randommask.tokenizer import INVALID
+from randommask.data.tokenizer import INVALID
+from randommask.errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT = "randommask-shards"
@@ -304,7 +311,7 @@ def prepare(sources: list[str], out: str, val_fraction: float = 0.01, seed: int 
     """Prepare FASTA ``sources`` into shards and a manifest at ``out``; returns the manifest."""
     import ray
 
-    from randommask.ray_runtime import ensure_ray
+    from randommask.common.ray_runtime import ensure_ray
 
     if not sources:
         raise UserError("no sources given; pass FASTA files, directories or globs")
@@ -401,7 +408,7 @@ def _build_manifest(inputs, results, records, run, val_fraction, seed, min_lengt
 def _wait_with_progress(refs, progress, total_bytes: int, show: bool) -> list[dict]:
     import ray
 
-    from randommask.progress import progress as progress_bar
+    from randommask.common.progress import progress as progress_bar
 
     bar = progress_bar(None, "prepare", "bp", show, unit_scale=True)
     results, pending = [], list(refs)

@@ -18,8 +18,8 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from randommask.data.tokenizer import ALPHABET, INVALID
 from randommask.errors import UserError
-from randommask.tokenizer import ALPHABET, INVALID
 
 SOFT_BIT = 8
 CODE_MASK = 7

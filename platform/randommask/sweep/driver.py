@@ -21,19 +21,19 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from randommask import storage
-from randommask.config import (
-    apply_overrides, dump_config, format_validation_error, read_yaml_mapping, validate_config,
-)
+from randommask.common import storage
+from randommask.common.rundir import RunDir
 from randommask.errors import UserError
+from randommask.training.config import (
+    apply_overrides,
+    dump_config,
+    format_validation_error,
+    read_yaml_mapping,
+    validate_config,
+)
+from randommask.training.masking import STRATEGIES, strategy_params
+from randommask.training.metrics import is_eval_line
 
-# Masker parameters that only some strategies take; a trial drops those its strategy does not.
-_STRATEGY_PARAMS = {
-    "bert": {"mask_prob", "mask_token_prob", "random_token_prob"},
-    "span": {"centre_prob", "span", "mask_token_prob", "random_token_prob"},
-    "randommask": {"centre_prob", "phase_ends", "start_span", "span_step", "sampling", "keep_ratio",
-                   "mask_token_prob", "random_token_prob"},
-}
 _DIMENSIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 
 
@@ -131,7 +131,8 @@ def trial_config(base: dict, params: dict[str, Any], sweep: SweepConfig, trial_i
         else:
             apply_overrides(tree, [f"{key}={json.dumps(value)}"])
     masking = tree.setdefault("masking", {})
-    allowed = _STRATEGY_PARAMS[masking.get("strategy", "randommask")]
+    strategy = masking.get("strategy", "randommask")
+    allowed = strategy_params(strategy) if strategy in STRATEGIES else ()  # an unknown one fails validation below
     for key in [k for k in masking if k != "strategy" and k not in allowed]:
         masking.pop(key)
     run = tree.setdefault("run", {})
@@ -173,7 +174,7 @@ def _trial(config: dict) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from randommask.train import pretrain
+    from randommask.training.driver import pretrain
 
     sweep = SweepConfig.model_validate(config["sweep"])
     params = {k: v for k, v in config.items() if k not in ("sweep", "base", "runs_uri")}
@@ -191,7 +192,7 @@ def sweep(path: str, overrides: list[str] | None = None, log=print) -> dict[str,
     from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
-    from randommask.ray_runtime import ensure_ray
+    from randommask.common.ray_runtime import ensure_ray
 
     cfg, base = load_sweep(path, overrides)
     root = storage.join(cfg.storage_path, cfg.name)
@@ -250,8 +251,7 @@ def _absolute_data_paths(base: dict) -> dict:
 
 
 def _write_outputs(cfg: SweepConfig, base: dict, results, root: str, runs_uri: str) -> dict[str, Any]:
-    from randommask.plots import eval_curves_png
-    from randommask.train import read_jsonl
+    from randommask.training.plots import eval_curves_png
 
     obj = cfg.objective
     params_keys = list(cfg.search.space)
@@ -262,8 +262,8 @@ def _write_outputs(cfg: SweepConfig, base: dict, results, root: str, runs_uri: s
         trial_id = metrics.get("trial_id") or (Path(r.path).name if r.path else "?")
         params = {k: r.config.get(k) for k in params_keys}
         run_name = f"{cfg.name}-{trial_id}"
-        history = read_jsonl(storage.join(runs_uri, run_name, "metrics.jsonl"))
-        evals = [x for x in history if "eval_span_k_loss" in x]
+        history = RunDir.of(runs_uri, run_name).read_metrics()
+        evals = [x for x in history if is_eval_line(x)]
         rows.append({"trial": trial_id, "run": run_name, **params,
                      "status": "error" if r.error else ("done" if metrics.get("trial_complete") or (
                          history and history[-1]["step"] >= max_steps) else "stopped"),
@@ -283,8 +283,7 @@ def _write_outputs(cfg: SweepConfig, base: dict, results, root: str, runs_uri: s
     w.writeheader()
     w.writerows(rows)
     storage.write_bytes(storage.join(root, "trials.csv"), buf.getvalue().encode())
-    floors_uri = storage.join(runs_uri, rows[0]["run"], "floors.json") if rows else None  # trials share data and windows
-    floors = json.loads(storage.read_bytes(floors_uri)) if floors_uri and storage.exists(floors_uri) else None
+    floors = RunDir.of(runs_uri, rows[0]["run"]).read_floors() if rows else None  # trials share data and windows
     out = {"trials": rows, "best": best, "trials_csv": storage.join(root, "trials.csv"),
            "curves": storage.join(root, "curves.png"), "best_yaml": None, "floors": floors}
     if curves:
@@ -307,14 +306,14 @@ def _probe_top(rows: list[dict], cfg: SweepConfig, runs_uri: str) -> None:
     probe_* columns. The probe is deterministic, so a resumed sweep recomputes the same scores."""
     import ray
 
-    from randommask.finetune import linear_probe
+    from randommask.evaluation.probe import linear_probe
 
     probe = cfg.objective.probe
     metric, mode = search_metric(cfg)
     done = [x for x in rows if x["status"] == "done" and x.get(metric) is not None]
     top = sorted(done, key=lambda x: x[metric], reverse=mode == "max")[: probe.top]
     task = ray.remote(num_cpus=1, max_retries=2)(linear_probe)
-    refs = [task.remote(storage.join(runs_uri, x["run"], "final"), probe.gue_dir, probe.datasets, probe.max_train,
+    refs = [task.remote(RunDir.of(runs_uri, x["run"]).final, probe.gue_dir, probe.datasets, probe.max_train,
                         probe.max_eval) for x in top]
     for row, ref in zip(top, refs):
         try:

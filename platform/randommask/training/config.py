@@ -11,46 +11,39 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
+from randommask.common.rundir import RunDir
+from randommask.data.config import DataSection, Section
+from randommask.data.tokenizer import KmerTokenizer
 from randommask.errors import UserError
-from randommask.masking import PAPER_PHASE_ENDS, make_masker
-from randommask.model import PRESETS, build_config
+from randommask.training.masking import PAPER_PHASE_ENDS, STRATEGIES, all_params, make_masker
+from randommask.training.model import MAX_POSITIONS, PRESETS, build_config
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class MaskingSectionBase(Section):
+    strategy: str = "randommask"
 
-
-class DataSection(_Section):
-    prepared: str = Field(description="prepared dataset (randommask data prepare --out): local path or s3://")
-    window_bp: int = Field(512 - 2 + 6 - 1, ge=8, description="bases per window; 515 gives 512 tokens for k=6")
-    k: int = Field(6, ge=1, le=8)
-    stride: int = Field(1, ge=1)
-    rc_prob: float = Field(0.5, ge=0, le=1)
-    max_n_fraction: float = Field(0.1, ge=0, le=1)
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="endpoint_url, anon; never keys")
-
-
-class MaskingSection(_Section):
-    strategy: Literal["bert", "span", "randommask"] = "randommask"
-    phase_ends: Optional[list[int]] = None
-    centre_prob: Optional[float] = None
-    start_span: Optional[int] = None
-    span_step: Optional[int] = None
-    sampling: Optional[Literal["uniform", "boundary"]] = None
-    keep_ratio: Optional[bool] = None
-    mask_prob: Optional[float] = None
-    span: Optional[int] = None
-    mask_token_prob: Optional[float] = None
-    random_token_prob: Optional[float] = None
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; choose one of {', '.join(STRATEGIES)}")
+        return v
 
     def params(self) -> dict[str, Any]:
         """The masker parameters that are set (the rest take make_masker's defaults)."""
         return {k: v for k, v in self.model_dump(exclude={"strategy"}).items() if v is not None}
 
 
-class ModelSection(_Section):
+# The masking section's keys come from the strategy registry: ``strategy`` and every parameter some
+# strategy takes, unset by default (the strategy's own default applies). The values are checked by
+# building the masker (PretrainConfig's validator), so the rules live in training.masking alone.
+MaskingSection = create_model("MaskingSection", __base__=MaskingSectionBase, __module__=__name__,
+                              **{name: (Optional[Any], None) for name in all_params()})
+
+
+class ModelSection(Section):
     preset: str = "small"
     overrides: dict[str, Any] = Field(default_factory=dict, description="BertConfig fields")
     init_from: Optional[str] = Field(None, description="a Hugging Face directory (e.g. a DNABERT checkpoint)")
@@ -63,7 +56,7 @@ class ModelSection(_Section):
         return v
 
 
-class OptimSection(_Section):
+class OptimSection(Section):
     lr: float = Field(4e-4, gt=0)
     warmup_steps: int = Field(100, ge=0)
     decay: Literal["linear", "cosine", "constant"] = "linear"
@@ -79,7 +72,7 @@ class OptimSection(_Section):
     max_steps: int = Field(1000, ge=1)
 
 
-class ScalingSection(_Section):
+class ScalingSection(Section):
     num_workers: int = Field(1, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -87,7 +80,7 @@ class ScalingSection(_Section):
     compile: bool = Field(False, description="torch.compile the model (CUDA)")
 
 
-class RunSection(_Section):
+class RunSection(Section):
     name: str = Field("pretrain", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     storage_path: str = "outputs/runs"
     checkpoint_every: int = Field(200, ge=1)
@@ -105,7 +98,7 @@ class RunSection(_Section):
     stop_after: Optional[int] = Field(None, ge=1, description="checkpoint and stop at this step; resume later")
 
 
-class ObservabilitySection(_Section):
+class ObservabilitySection(Section):
     ray_metrics: bool = Field(True, description="export randommask_* through Ray's metrics endpoint")
     prometheus_port: Optional[int] = Field(None, ge=0, le=65535,
                                            description="also serve /metrics with prometheus_client (rank 0)")
@@ -113,7 +106,7 @@ class ObservabilitySection(_Section):
     progress: bool = True
 
 
-class PretrainConfig(_Section):
+class PretrainConfig(Section):
     data: DataSection
     masking: MaskingSection = Field(default_factory=MaskingSection)
     model: ModelSection = Field(default_factory=ModelSection)
@@ -133,8 +126,8 @@ class PretrainConfig(_Section):
                 build_config(self.model.preset, self.data.k, **self.model.overrides)
             except UserError as e:
                 raise ValueError(f"model: {e}") from None
-        tokens = (self.data.window_bp - self.data.k) // self.data.stride + 3
-        positions = int(self.model.overrides.get("max_position_embeddings", 512))
+        tokens = KmerTokenizer(self.data.k, self.data.stride).num_tokens(self.data.window_bp)
+        positions = int(self.model.overrides.get("max_position_embeddings", MAX_POSITIONS))
         if tokens > positions:
             raise ValueError(f"data: a {self.data.window_bp}-bp window gives {tokens} tokens, more than the model's "
                              f"{positions} positions; lower data.window_bp")
@@ -146,6 +139,10 @@ class PretrainConfig(_Section):
 
     def masker(self):
         return make_masker(self.masking.strategy, self.data.k, **self.masking.params())
+
+    def run_dir(self) -> RunDir:
+        """This run's directory (storage credentials and endpoint from the environment)."""
+        return RunDir.of(self.run.storage_path, self.run.name)
 
 
 def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:

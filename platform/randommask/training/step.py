@@ -15,23 +15,40 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from randommask.model import STATS, autocast, mlm_forward
+from randommask.training.model import STATS, autocast, mlm_forward
 
 
 def step_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def lr_factor(step: int, warmup: int, max_steps: int, decay: str, min_ratio: float,
-              decay_start: int | None = None) -> float:
+def lr_factor(step: int, warmup: int, max_steps: int, decay: str = "linear", min_ratio: float = 0.0,
+              decay_start: int | None = None, trainer_warmup: bool = False) -> float:
+    """The learning-rate factor after ``step`` optimizer steps: linear warmup over ``warmup`` steps,
+    then (from ``decay_start``, default right after warmup) linear or cosine decay to ``min_ratio`` at
+    ``max_steps``, or constant. Warmup reaches 1/warmup at the first step; with ``trainer_warmup`` the
+    first step runs at factor 0, as in Hugging Face's Trainer (fine-tuning's published protocol)."""
     if warmup and step < warmup:
-        return (step + 1) / warmup
+        return (step if trainer_warmup else step + 1) / warmup
     start = max(warmup, decay_start or 0)
     if decay == "constant" or step < start:
         return 1.0
     progress = min(1.0, (step - start) / max(1, max_steps - start))
     shape = 1 - progress if decay == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
     return min_ratio + (1 - min_ratio) * shape
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (as Hugging Face's Trainer); the
+    one rule for pretraining and fine-tuning."""
+    no_decay = {f"{mod_name}.{name}" if mod_name else name
+                for mod_name, mod in model.named_modules() if isinstance(mod, torch.nn.LayerNorm)
+                for name, _ in mod.named_parameters(recurse=False)}
+    decay, rest = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (rest if name in no_decay or name.endswith("bias") else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 def train_step(model, opt, sched, masker, data: Iterator[torch.Tensor], step: int, *, seed: int, rank: int,
@@ -74,11 +91,7 @@ def train_step(model, opt, sched, masker, data: Iterator[torch.Tensor], step: in
 def build_optimizer(mlm, o) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (fused on CUDA), no weight decay on biases and LayerNorm; warmup then decay."""
     cuda = next(mlm.parameters()).device.type == "cuda"
-    decay = [p for n, p in mlm.named_parameters() if p.ndim > 1 and "LayerNorm" not in n]
-    no_decay = [p for n, p in mlm.named_parameters() if not (p.ndim > 1 and "LayerNorm" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=o.lr, betas=o.betas, eps=o.eps, fused=cuda)
+    opt = torch.optim.AdamW(param_groups(mlm, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps, fused=cuda)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, o.warmup_steps, o.max_steps, o.decay, o.min_lr_ratio, o.decay_start))
     return opt, sched

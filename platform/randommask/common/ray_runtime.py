@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 
-# Verified quiet settings for Ray 2.60 (see docs/): prints go once, no per-dataset progress bars.
+# Quiet settings for Ray 2.60 (verified in the team's Ray notes, shared/notes/ray-2.60.md): without the
+# print patch a worker's print appears once, not twice; the variable, unlike DataContext, also reaches
+# datasets built inside Tune trials, so no per-dataset progress bars there either.
 # Ray Train's preemption watcher stays on (its default): on spot/preemptible nodes it tells a
 # preemption from a crash, at the cost of one harmless log line per run.
 QUIET_ENV = {

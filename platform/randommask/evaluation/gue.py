@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from randommask import storage
+from randommask.common import storage
 from randommask.errors import UserError
 
 SPLITS = ("train", "dev", "test")
@@ -90,7 +90,6 @@ def _make() -> dict[str, GueDataset]:
 
 
 REGISTRY: dict[str, GueDataset] = _make()
-TASKS = tuple(dict.fromkeys(d.task for d in REGISTRY.values()))
 
 
 def resolve_names(tasks: str) -> tuple[list[str], bool]:
@@ -165,3 +164,10 @@ def subsample(seqs: list[str], labels: np.ndarray, n: int | None, seed: int) -> 
         return seqs, labels
     idx = np.sort(np.random.default_rng([seed, 0x6E5]).choice(len(seqs), size=n, replace=False))
     return [seqs[i] for i in idx], labels[idx]
+
+
+def scores(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    return {"mcc": float(matthews_corrcoef(labels, preds)), "f1_macro": float(f1_score(labels, preds, average="macro")),
+            "accuracy": float(accuracy_score(labels, preds))}

@@ -11,10 +11,7 @@
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from randommask import storage
+from randommask.common import rundir, storage
 from randommask.errors import UserError
 
 ProgressFn = Callable[[int], None]
@@ -45,7 +42,7 @@ class Source:
 def _run_candidates(path: str) -> list[str]:
     """``path`` and, for a final/, model/ or step_*/ inside a run directory, its ancestors up to the run."""
     out, parts = [path.rstrip("/")], path.rstrip("/").split("/")
-    while len(parts) > 1 and (parts[-1] in ("final", "model") or parts[-1].startswith("step_")):
+    while len(parts) > 1 and rundir.is_run_part(parts[-1]):
         parts.pop()
         out.append("/".join(parts))
     return out
@@ -59,25 +56,19 @@ def _label(path: str) -> str:
 def load_source(path: str, storage_options: dict | None = None) -> Source:
     """A run directory (metrics.jsonl, config.yaml, final/ or step_*/) or a model directory, local or
     s3://. The run of a checkpoint inside a run directory is found too, for its loss history."""
-    import yaml
-
-    from randommask.finetune import node_checkpoint
-    from randommask.train import read_jsonl
+    from randommask.common.checkpoints import node_checkpoint
 
     run = path.rstrip("/")
-    history, config, run_dir, floors = [], None, None, None
+    history, config, found, floors = [], None, None, None
     for c in _run_candidates(path):
-        if storage.exists(storage.join(c, "metrics.jsonl"), storage_options):
-            run_dir = c
-            history = read_jsonl(storage.join(c, "metrics.jsonl"))
-            if storage.exists(storage.join(c, "config.yaml"), storage_options):
-                config = yaml.safe_load(storage.read_bytes(storage.join(c, "config.yaml"), storage_options))
-            if storage.exists(storage.join(c, "floors.json"), storage_options):
-                floors = json.loads(storage.read_bytes(storage.join(c, "floors.json"), storage_options))
+        candidate = rundir.RunDir(c, storage_options)
+        if candidate.exists(rundir.METRICS):
+            found = candidate
+            history, config, floors = candidate.read_metrics(), candidate.read_config(), candidate.read_floors()
             break
     model_path = path
-    if run_dir == run and not storage.is_local(run):  # a remote run: fetch only its final model
-        model_path = storage.join(run, "final")
+    if found is not None and found.uri == run and not storage.is_local(run):  # a remote run: fetch only its final model
+        model_path = found.final
     try:
         model_dir = node_checkpoint(model_path, storage_options)
     except UserError as e:  # resolve_checkpoint speaks of --checkpoint; here it is the positional argument
@@ -197,7 +188,7 @@ def input_embeddings(model_dir: str) -> tuple[np.ndarray, int]:
     """The k-mer rows of a checkpoint's input embedding matrix, and k."""
     from safetensors.torch import load_file
 
-    from randommask.tokenizer import KmerTokenizer
+    from randommask.data.tokenizer import KmerTokenizer
 
     k = KmerTokenizer.from_pretrained(model_dir).k
     weights = Path(model_dir) / "model.safetensors"
@@ -260,14 +251,15 @@ def attention_concentration(model: torch.nn.Module, input_ids: torch.Tensor, att
 def analysis_windows(prepared: str, window_bp: int, tok, limit: int, max_positions: int,
                      storage_options: dict | None = None) -> torch.Tensor:
     """The first ``limit`` fixed validation windows, tokenized with ``tok`` (a KmerTokenizer)."""
-    from randommask.data import validation_windows
+    from randommask.data.stream import validation_windows
 
     tokens = tok.num_tokens(window_bp)
     if tokens > max_positions:
         raise UserError(f"--window-bp {window_bp} gives {tokens} tokens, more than the model's {max_positions} "
                         "positions; use a shorter window")
-    return torch.from_numpy(validation_windows(prepared, window_bp, tok.k, tok.stride, limit,
-                                               storage_options=storage_options)).long()
+    data = {"prepared": prepared, "window_bp": window_bp, "k": tok.k, "stride": tok.stride,
+            "storage_options": storage_options or {}}
+    return torch.from_numpy(validation_windows(data, limit)).long()
 
 
 # ---- 4. fine-tuning comparison --------------------------------------------------------------------
@@ -308,11 +300,12 @@ def analyze(paths: list[str], out: str, prepared: str | None = None, finetune_re
             storage_options: dict | None = None, show_progress: bool = True, log=print) -> dict[str, Any]:
     """Analyse one or more runs/checkpoints into ``out``: report.html, report.json and the PNGs."""
     import transformers
-    from randommask.progress import progress
     from transformers import AutoModelForMaskedLM
 
-    from randommask import plots
-    from randommask.tokenizer import KmerTokenizer
+    from randommask.common.progress import progress
+    from randommask.data.tokenizer import KmerTokenizer
+    from randommask.evaluation import plots
+    from randommask.evaluation.report import json_default, render_html
 
     if windows < 1 or batch_size < 1:
         raise UserError("--windows and --batch-size must be >= 1")
@@ -383,105 +376,6 @@ def analyze(paths: list[str], out: str, prepared: str | None = None, finetune_re
     for name, data_png in pngs.items():
         Path(out, name).write_bytes(data_png)
     report["pngs"] = sorted(pngs)
-    Path(out, "report.json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
+    Path(out, "report.json").write_text(json.dumps(report, indent=1, default=json_default) + "\n")
     Path(out, "report.html").write_text(render_html(report, pngs))
     return report
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
-
-
-def _fmt(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    return f"{v:.{digits}f}" if isinstance(v, float) else html.escape(str(v))
-
-
-def _table(head: list[str], rows: list[list[Any]]) -> str:
-    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _img(pngs: dict[str, bytes], name: str, alt: str) -> str:
-    if name not in pngs:
-        return ""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(pngs[name]).decode()}">'
-
-
-def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
-    """One self-contained page: the PNGs are embedded, the numbers are report.json's."""
-    runs = report["runs"]
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>randommask analysis</title><style>"
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-        "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-        "p.note{color:#555;font-size:90%}</style></head><body>",
-        "<h1>randommask analysis</h1>",
-        "<p>" + ", ".join(f"<b>{html.escape(r['label'])}</b> ({html.escape(r['path'])})" for r in runs) + ". "
-        "What each number means: docs/analysis.md.</p>",
-        "<h2>1. Loss dynamics</h2>",
-    ]
-    loss_rows = [[r["label"], r["loss"].get("steps"), r["loss"].get("final_eval_span_k_mask_loss"),
-                  r["loss"].get("floor_context_free"), r["loss"].get("floor_span_k_overlap"),
-                  r["loss"].get("collapse_progress"), r["loss"].get("final_eval_span_2k_mask_loss"),
-                  r["loss"].get("final_eval_span_k_mask_acc"), r["loss"].get("initial_loss"), r["loss"].get("final_loss"),
-                  r["loss"].get("early_drop_fraction")]
-                 for r in runs if r.get("loss")]
-    if loss_rows:
-        parts.append(_table(["run", "steps", "eval span-k [MASK] loss", "context-free floor", "span-k overlap ref.",
-                             "collapse progress", "eval span-2k [MASK] loss", "eval span-k [MASK] acc",
-                             "initial train loss", "final train loss", "early drop fraction"], loss_rows))
-        parts.append("<p class='note'>Losses on positions whose input is [MASK] (a kept token shows its own label, "
-                     "so all-label losses reward copying). First read each run between its floors: the context-free "
-                     "floor is what k-mer frequencies alone score, the overlap reference what reading the hidden base "
-                     "off its neighbours scores (approximate); collapse progress is 0 at the first and 1 at the "
-                     "second. Early drop fraction: share of the whole training-loss decrease reached in the first "
-                     "tenth of the steps. The validation losses use the same windows and masks for every run, so "
-                     "they compare across schedules; training losses do not.</p>")
-        parts.append(_img(pngs, "loss_dynamics.png", "loss dynamics"))
-    else:
-        parts.append("<p>No metrics.jsonl found (checkpoints only).</p>")
-    parts.append("<h2>2. K-mer embeddings</h2>")
-    parts.append(_table(["run", "silhouette (central nt)", "k-NN agreement (central nt)", "k-NN R² (GC)",
-                         "mean cosine", "effective rank", "PC1+PC2 variance"],
-                        [[r["label"], r["embeddings"]["silhouette_central"], r["embeddings"]["knn_central"],
-                          r["embeddings"]["knn_gc_r2"], r["embeddings"]["mean_cosine"],
-                          r["embeddings"]["effective_rank"], sum(r["embeddings"]["pca_explained_variance"])]
-                         for r in runs]))
-    parts.append("<p class='note'>k-NN agreement: chance is 0.25. Per position in the k-mer (report.json, "
-                 "knn_by_position) it shows which bases the embedding is organised by.</p>")
-    parts.append(_img(pngs, "kmer_embeddings.png", "k-mer embedding PCA"))
-    parts.append("<h2>3. Attention concentration</h2>")
-    att = [r for r in runs if r.get("attention")]
-    if att:
-        layers = len(att[0]["attention"]["entropy_by_layer"])
-        parts.append(f"<p>{report['windows']} validation windows of {report['window_bp']} bp from "
-                     f"{html.escape(str(report['prepared']))}.</p>")
-        parts.append(_table(["run"] + [f"layer {i + 1} entropy" for i in range(layers)] + ["max weight, most concentrated layer"],
-                            [[r["label"], *r["attention"]["entropy_by_layer"],
-                              max(r["attention"]["max_weight_by_layer"])] for r in att]))
-        parts.append("<p class='note'>Entropy of each attention row divided by log(length), averaged over heads: "
-                     "1 is uniform attention, 0 is all weight on one token. A layer far below its neighbours "
-                     "attends to few tokens.</p>")
-        parts.append(_img(pngs, "attention.png", "attention concentration"))
-    else:
-        parts.append("<p>Skipped: give --prepared DATA (a prepared dataset with validation windows).</p>")
-    ft = report.get("finetune")
-    if ft:
-        a, b = ft["labels"]
-        parts.append("<h2>4. Fine-tuning</h2>")
-        parts.append(_table(["dataset", "metric", a, b, f"{a} − {b}"],
-                            [[r["dataset"], r["metric"],
-                              f"{_fmt(r[a]['mean'])} ± {_fmt(r[a]['std'])}", f"{_fmt(r[b]['mean'])} ± {_fmt(r[b]['std'])}",
-                              r.get("difference")] for r in ft["rows"]]))
-        parts.append(f"<p>Mean difference {_fmt(ft['mean_difference'])}; {a} better on {ft['a_better']}, "
-                     f"{b} better on {ft['b_better']} dataset(s).</p>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)

@@ -17,18 +17,19 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from randommask import storage
+from randommask.common import storage
+from randommask.data.config import DataSection
+from randommask.data.genome import CODE_MASK, SOFT_BIT
+from randommask.data.prepare import read_manifest
+from randommask.data.tokenizer import INVALID, KmerTokenizer, reverse_complement_codes
 from randommask.errors import UserError
-from randommask.genome import CODE_MASK, SOFT_BIT
-from randommask.prepare import read_manifest
-from randommask.tokenizer import INVALID, KmerTokenizer, reverse_complement_codes
 
 SPLITS = ("train", "validation")
-READ_RETRIES = 3  # whole-chunk retries after the storage layer's own (see _ReadChunk)
+READ_RETRIES = 3  # whole-chunk retries in the read task, after the storage layer's own (see ReadChunk)
 
 
 @dataclass
@@ -41,7 +42,7 @@ class EpochPlan:
     window_bp: int
 
 
-def _intervals(manifest: dict, split: str) -> np.ndarray:
+def split_intervals(manifest: dict, split: str) -> np.ndarray:
     """(n, 3) int64 rows (record, start, end) for the split, in genome order."""
     lengths = np.array([r["length"] for r in manifest["records"]], dtype=np.int64)
     val = sorted((v["record"], v["start"], v["end"]) for v in manifest["validation"])
@@ -91,7 +92,7 @@ def build_plan(prepared: str, split: str = "train", window_bp: int = 512, seed: 
     manifest = manifest or read_manifest(prepared, storage_options)
     nruns = load_nruns(prepared, manifest, storage_options) if nruns is None else nruns
     records = manifest["records"]
-    intervals = _intervals(manifest, split)
+    intervals = split_intervals(manifest, split)
     train = split == "train"
     rng = np.random.default_rng([seed, epoch, 0x7124])
 
@@ -143,23 +144,22 @@ def build_plan(prepared: str, split: str = "train", window_bp: int = 512, seed: 
     return EpochPlan(chunks=chunks, num_samples=total, split=split, window_bp=window_bp)
 
 
-class _ReadChunk:
+class ReadChunk:
     """Ray Data UDF: one chunk row in, its windows out, tokenized."""
 
-    def __init__(self, prepared: str, window_bp: int, k: int, stride: int, seed: int, epoch: int, train: bool,
-                 rc_prob: float, max_n_fraction: float, start_sample: int, storage_options: dict | None) -> None:
-        self.prepared, self.window_bp = prepared, window_bp
-        self.tok = KmerTokenizer(k, stride)
-        self.seed, self.epoch, self.train, self.rc_prob = seed, epoch, train, rc_prob
-        self.max_invalid = max_n_fraction * window_bp
+    def __init__(self, data: DataSection, seed: int, epoch: int, train: bool, start_sample: int = 0) -> None:
+        self.prepared, self.window_bp = data.prepared, data.window_bp
+        self.tok = KmerTokenizer(data.k, data.stride)
+        self.seed, self.epoch, self.train, self.rc_prob = seed, epoch, train, data.rc_prob
+        self.max_invalid = data.max_n_fraction * data.window_bp
         self.start_sample = start_sample
-        self.storage_options = storage_options
+        self.storage_options = data.options
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = [self._one({key: batch[key][i] for key in batch}) for i in range(len(batch["chunk"]))]
+        out = [self.read({key: batch[key][i] for key in batch}) for i in range(len(batch["chunk"]))]
         return {key: np.concatenate([o[key] for o in out]) for key in out[0]}
 
-    def _one(self, row: dict[str, Any], timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    def read(self, row: dict[str, Any], timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
         """One chunk's windows; ``timings`` (seconds per stage) is filled for benchmarks."""
         t0 = time.perf_counter()
         W = self.window_bp
@@ -224,12 +224,14 @@ class _ReadChunk:
         return out
 
 
-def pretraining_dataset(prepared: str, split: str = "train", window_bp: int = 512, k: int = 6, stride: int = 1,
-                        seed: int = 0, epoch: int = 0, rc_prob: float = 0.5, max_n_fraction: float = 0.1,
-                        start_sample: int = 0, num_shards: int = 1, shard_index: int = 0,
-                        storage_options: dict | None = None, windows_per_block: int = 64,
+def pretraining_dataset(data: DataSection | Mapping[str, Any], split: str = "train", *, seed: int = 0, epoch: int = 0,
+                        start_sample: int = 0, num_shards: int = 1, shard_index: int = 0, windows_per_block: int = 64,
                         blocks_per_chunk: int = 16, num_cpus: float = 0.25):
     """Fixed-length tokenized windows of a prepared genome as a ``ray.data.Dataset``.
+
+    ``data`` is the config's data section (a ``DataSection`` or its mapping, e.g.
+    ``{"prepared": "s3://bucket/prepared/mine", "window_bp": 515}``): which genome, window length, k,
+    stride, reverse-complement probability, N filter and storage options.
 
     Rows: ``input_ids`` and ``attention_mask`` (tokens of ``window_bp`` + [CLS]/[SEP]),
     ``soft_mask`` (per token: its k-mer holds a lowercase base), ``sample`` (position in this
@@ -241,13 +243,11 @@ def pretraining_dataset(prepared: str, split: str = "train", window_bp: int = 51
     """
     import ray
 
-    from randommask.ray_runtime import configure_data_context, ensure_ray
+    from randommask.common.ray_runtime import configure_data_context, ensure_ray
 
-    KmerTokenizer(k, stride)  # validate early
-    if not 0 <= rc_prob <= 1:
-        raise UserError(f"rc_prob must be in [0, 1], got {rc_prob}")
-    plan = build_plan(prepared, split, window_bp, seed, epoch, max_n_fraction, num_shards, shard_index,
-                      windows_per_block, blocks_per_chunk, storage_options)
+    d = data_section(data)
+    plan = build_plan(d.prepared, split, d.window_bp, seed, epoch, d.max_n_fraction, num_shards, shard_index,
+                      windows_per_block, blocks_per_chunk, d.options)
     if not 0 <= start_sample <= plan.num_samples:
         raise UserError(f"start_sample {start_sample} is outside this epoch's {plan.num_samples} windows")
     ensure_ray()
@@ -256,35 +256,38 @@ def pretraining_dataset(prepared: str, split: str = "train", window_bp: int = 51
     if not rows:
         return ray.data.from_items([]).limit(0)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-    udf = _ReadChunk(prepared, window_bp, k, stride, seed, epoch, split == "train", rc_prob, max_n_fraction,
-                     start_sample, storage_options)
+    udf = ReadChunk(d, seed, epoch, split == "train", start_sample)
     return ds.map_batches(udf, batch_size=1, num_cpus=num_cpus, zero_copy_batch=True)
 
 
-def epoch_size(prepared: str, split: str = "train", window_bp: int = 512, seed: int = 0, epoch: int = 0,
-               max_n_fraction: float = 0.1, num_shards: int = 1, shard_index: int = 0,
-               storage_options: dict | None = None) -> int:
-    """Windows one consumer gets in one epoch (what ``start_sample`` counts)."""
-    return build_plan(prepared, split, window_bp, seed, epoch, max_n_fraction, num_shards, shard_index,
-                      storage_options=storage_options).num_samples
+def data_section(data: DataSection | Mapping[str, Any]) -> DataSection:
+    """``data`` as a validated DataSection (one-line UserError for a bad mapping)."""
+    if isinstance(data, DataSection):
+        return data
+    from pydantic import ValidationError
+
+    try:
+        return DataSection.model_validate(dict(data))
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UserError(f"data section: {'.'.join(str(x) for x in first['loc'])}: {first['msg']}") from None
 
 
-def validation_windows(prepared: str, window_bp: int, k: int = 6, stride: int = 1, limit: int = 1024,
-                       max_n_fraction: float = 0.1, storage_options: dict | None = None) -> np.ndarray:
+def validation_windows(data: DataSection | Mapping[str, Any], limit: int = 1024) -> np.ndarray:
     """``limit`` validation windows evenly spaced over all validation windows in genome order,
     tokenized: the fixed set that evaluation and analysis use, so it samples every validation region
     (every chromosome of a large genome), not the first ones. The same for every run with the same
     data, window length and limit. Read in this process (no Ray): it is small and must not wait for
     cluster resources. Raises UserError when the dataset holds no validation window of this size."""
     # One window per block, every block in one chunk: the plan lists each valid window's position.
-    plan = build_plan(prepared, "validation", window_bp, max_n_fraction=max_n_fraction, windows_per_block=1,
-                      blocks_per_chunk=1 << 62, storage_options=storage_options)
+    d = data_section(data)
+    plan = build_plan(d.prepared, "validation", d.window_bp, max_n_fraction=d.max_n_fraction, windows_per_block=1,
+                      blocks_per_chunk=1 << 62, storage_options=d.options)
     if not plan.num_samples:
-        raise UserError(f"{prepared}: no validation windows of {window_bp} bp (prepare with a larger --val-fraction "
+        raise UserError(f"{d.prepared}: no validation windows of {d.window_bp} bp (prepare with a larger --val-fraction "
                         "or use shorter windows)")
     (chunk,) = plan.chunks
     pick = np.unique(np.linspace(0, plan.num_samples - 1, min(limit, plan.num_samples)).round().astype(np.int64))
     row = {key: [chunk[key][i] for i in pick] for key in ("shard", "read_start", "num_windows", "global_start")}
     row.update(chunk=0, first_sample=0, num_samples=len(pick))
-    read = _ReadChunk(prepared, window_bp, k, stride, 0, 0, False, 0.0, max_n_fraction, 0, storage_options)
-    return read._one(row)["input_ids"]
+    return ReadChunk(d, seed=0, epoch=0, train=False).read(row)["input_ids"]

@@ -1,71 +1,27 @@
-"""RandomMask pretraining on Ray Train: the driver (``pretrain``), the run directory and the
-evaluation sets. The per-worker loop is ``randommask.worker``.
-
-Run directory ``<storage_path>/<name>/``:
-    step_XXXXXXXX/        Ray Train checkpoints: model/ (HF + tokenizer) and trainer_state.pt
-    final/                the trained model and tokenizer, a plain Hugging Face directory
-    metrics.jsonl         one line per logged step (see docs/pretraining.md)
-    events.jsonl          start / resume events
-    floors.json           the context-free floor and overlap references the losses are read against
-    config.yaml           the resolved config
-    loss.png              loss curves with the span boundary
+"""RandomMask pretraining on Ray Train: the driver (``pretrain``). It checks storage, data and the
+initial model before Ray starts, writes the floors, launches the workers (``training.worker``) and
+summarizes the run directory (``common.rundir`` has its layout).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from randommask import storage
-from randommask.config import PretrainConfig
+from randommask.common import storage
+from randommask.data.prepare import read_manifest
+from randommask.data.stream import build_plan
+from randommask.data.tokenizer import vocab_size_for
 from randommask.errors import UserError
-from randommask.masking import make_masker
-from randommask.tokenizer import vocab_size_for
-
-EVAL_SEED = 20231013  # the same evaluation masks for every run, schedule and seed
-STATE_FILE = "trainer_state.pt"
-
-
-# ---- run directory ------------------------------------------------------------------------------
-def run_uri(cfg: PretrainConfig) -> str:
-    return storage.join(cfg.run.storage_path, cfg.run.name)
-
-
-def read_jsonl(uri: str) -> list[dict]:
-    if not storage.exists(uri):
-        return []
-    return [json.loads(x) for x in storage.read_bytes(uri).decode().splitlines() if x.strip()]
-
-
-def write_jsonl(uri: str, lines: list[dict]) -> None:
-    storage.write_bytes(uri, "".join(json.dumps(x) + "\n" for x in lines).encode())
-
-
-def upload_dir(local: str, uri: str) -> None:
-    """Copy a finished local directory to ``uri``: renamed into place locally, object by object on S3."""
-    if storage.is_local(uri):
-        dest = storage.split_uri(uri)[1]
-        tmp = dest + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(local, tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
-        return
-    for f in sorted(Path(local).iterdir()):
-        storage.put_file(str(f), storage.join(uri, f.name))
+from randommask.training.config import PretrainConfig
+from randommask.training.metrics import SUMMARY_EVAL_KEYS, is_eval_line
 
 
 # ---- the driver ---------------------------------------------------------------------------------
 def check_storage(cfg: PretrainConfig) -> None:
     """Fail before Ray starts, and before anything is written, when storage cannot be used."""
-    from randommask.prepare import read_manifest
-
     read_manifest(cfg.data.prepared, cfg.data.storage_options or None)
     scheme, path = storage.split_uri(cfg.run.storage_path)
     if scheme == "file":
@@ -107,9 +63,10 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from randommask.observability import ControllerMetrics
-    from randommask.ray_runtime import ensure_ray
-    from randommask.worker import train_loop_per_worker
+    from randommask.common.ray_runtime import ensure_ray
+    from randommask.training.checkpointer import retention
+    from randommask.training.observability import ControllerMetrics
+    from randommask.training.worker import train_loop_per_worker
 
     cfg = absolute_paths(cfg)
     with storage.preflight():  # a wrong endpoint, key or path fails in seconds, before anything is written
@@ -117,7 +74,7 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
         check_init_from(cfg)
         check_data(cfg)
     floors = run_floors(cfg)
-    storage.write_bytes(storage.join(run_uri(cfg), "floors.json"), (json.dumps(floors, indent=1) + "\n").encode())
+    cfg.run_dir().write_floors(floors)
     ensure_ray()
     storage_path, storage_fs = storage.ray_storage(cfg.run.storage_path)
     resources = {"CPU": cfg.scaling.cpus_per_worker}
@@ -130,7 +87,7 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            checkpoint_config=retention(cfg.run),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             # the controller outlives worker restarts: the per-rank and run-level series come from it
             callbacks=([ControllerMetrics(cfg.run.name)] if cfg.observability.ray_metrics else []) + (callbacks or []),
@@ -166,8 +123,6 @@ def absolute_paths(cfg: PretrainConfig) -> PretrainConfig:
 def check_data(cfg: PretrainConfig) -> None:
     """The epoch must hold a batch per worker, and validation windows must fit (else: a clear error now,
     not a traceback from a worker later)."""
-    from randommask.data import build_plan
-
     d = cfg.data
     opts = d.storage_options or None
     for rank in range(cfg.scaling.num_workers):
@@ -184,43 +139,27 @@ class TrainingFailed(RuntimeError):
 
 
 def summarize(cfg: PretrainConfig, seconds: float) -> dict[str, Any]:
-    base = run_uri(cfg)
-    lines = read_jsonl(storage.join(base, "metrics.jsonl"))
+    run = cfg.run_dir()
+    lines = run.read_metrics()
     last = lines[-1] if lines else {}
-    evals = [x for x in lines if "eval_span_k_loss" in x]
-    floors_uri = storage.join(base, "floors.json")
+    evals = [x for x in lines if is_eval_line(x)]
     done = last.get("step", 0) >= cfg.optim.max_steps
     out = {
         "run": cfg.run.name, "step": last.get("step", 0), "max_steps": cfg.optim.max_steps, "finished": done,
         "tokens": last.get("tokens", 0), "seconds": round(seconds, 1), "train_loss": last.get("loss"),
-        "train_mask_loss": last.get("mask_loss"),
-        "floors": json.loads(storage.read_bytes(floors_uri)) if storage.exists(floors_uri) else None,
-        "final": storage.join(base, "final") if done else None,
-        "metrics": storage.join(base, "metrics.jsonl"), "plot": storage.join(base, "loss.png"),
+        "train_mask_loss": last.get("mask_loss"), "floors": run.read_floors(),
+        "final": run.final if done else None, "metrics": run.metrics, "plot": run.loss_plot,
     }
-    for key in ("eval_span_k_loss", "eval_span_2k_loss", "eval_span_k_mask_loss", "eval_span_2k_mask_loss",
-                "eval_span_k_mask_acc", "eval_span_2k_mask_acc"):
+    for key in SUMMARY_EVAL_KEYS:
         out[key] = evals[-1].get(key) if evals else None
     return out
 
 
-# ---- evaluation sets and the floors they are read against --------------------------------------
-def eval_sets(cfg: PretrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Fixed validation windows under span-k and span-2k masking, identical for every run with the
-    same data, window length and ``run.eval_windows``. Raises UserError when there is no window."""
-    from randommask.data import validation_windows
-
-    d = cfg.data
-    windows = validation_windows(d.prepared, d.window_bp, d.k, d.stride, cfg.run.eval_windows,
-                                 d.max_n_fraction, storage_options=d.storage_options or None)
-    ids = torch.from_numpy(windows).long()
-    return {name: make_masker("span", d.k, span=span)(ids, 0, torch.Generator().manual_seed(EVAL_SEED))
-            for name, span in (("span_k", d.k), ("span_2k", 2 * d.k))}
-
-
+# ---- the floors the losses are read against -----------------------------------------------------
 def run_floors(cfg: PretrainConfig) -> dict[str, Any]:
-    """The data's floors (randommask.floors) and each evaluation set's overlap reference."""
-    from randommask.floors import compute_floors, eval_reference
+    """The data's floors (randommask.data.floors) and each evaluation set's overlap reference."""
+    from randommask.data.floors import compute_floors, eval_reference
+    from randommask.training.validation import eval_sets
 
     d = cfg.data
     floors = compute_floors(d.prepared, d.k, d.stride, storage_options=d.storage_options or None)

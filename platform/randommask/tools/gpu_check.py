@@ -1,7 +1,7 @@
 """The GPU check: the CUDA paths the CPU test suite cannot run, measured in one script.
 
     make gpu-check                                     # from a checkout with .venv
-    PYTHONPATH=platform python3 -m randommask.gpu_check   # on a bare machine: torch, transformers, numpy
+    PYTHONPATH=platform python3 -m randommask.tools.gpu_check   # on a bare machine: torch, transformers, numpy
 
 It imports neither Ray nor pydantic (the paths it checks run inside Ray Train workers, but the
 code is this package's own: ``step.train_step``, ``model``, ``masking``), and it carries its own
@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-SLICE = Path(__file__).resolve().parent / "assets" / "ecoli_536_300kb.fa.gz"
+from randommask.common.assets import GENOME_SLICE as SLICE
 
 FULL = dict(preset="base", batch=64, seq_len=512, mlm_steps=20, train_steps=300, lr=4e-4, ft_steps=100, ft_batch=32,
             ft_seq_len=128)
@@ -51,7 +51,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _card(device: torch.device) -> tuple[str | None, float | None]:
-    from randommask.hardware import peak_bf16_flops
+    from randommask.common.hardware import peak_bf16_flops
 
     if device.type != "cuda":
         return None, None
@@ -61,8 +61,8 @@ def _card(device: torch.device) -> tuple[str | None, float | None]:
 
 def windows(n: int, window_bp: int, k: int = 6, seed: int = 0, genome: Path = SLICE) -> torch.Tensor:
     """``n`` tokenized windows cut at seeded random starts from the carried genome slice."""
-    from randommask.genome import cut_windows, genome_codes
-    from randommask.tokenizer import KmerTokenizer
+    from randommask.data.genome import cut_windows, genome_codes
+    from randommask.data.tokenizer import KmerTokenizer
 
     codes = cut_windows(genome_codes(genome), window_bp, n, seed)
     return torch.from_numpy(KmerTokenizer(k).encode_windows(codes))
@@ -80,7 +80,7 @@ def check_env(device: torch.device) -> dict:
 
 def check_mlm_step(device: torch.device, preset: str, batch: int, seq_len: int, steps: int, compile: bool) -> dict:
     """Forward + backward of the MLM at a fixed batch (no optimizer): the model's raw speed."""
-    from randommask.bench import bench_mlm_step
+    from randommask.tools.bench.kernels import bench_mlm_step
 
     out = bench_mlm_step(genome=str(SLICE), preset=preset, batch=batch, seq_len=seq_len, steps=steps,
                          device=str(device), compile=compile)
@@ -89,10 +89,10 @@ def check_mlm_step(device: torch.device, preset: str, batch: int, seq_len: int, 
 
 def check_train_step(device: torch.device, preset: str, batch: int, seq_len: int, steps: int, lr: float) -> dict:
     """The pretraining step the Ray Train workers run, on real windows, timed after a warm-up."""
-    from randommask.hardware import train_flops_per_token
-    from randommask.masking import make_masker
-    from randommask.model import SparseMLM, build_mlm
-    from randommask.step import build_optimizer, train_step
+    from randommask.common.hardware import train_flops_per_token
+    from randommask.training.masking import make_masker
+    from randommask.training.model import SparseMLM, build_mlm
+    from randommask.training.step import build_optimizer, train_step
 
     k = 6
     torch.manual_seed(0)
@@ -135,8 +135,8 @@ def check_finetune_step(device: torch.device, preset: str, batch: int, seq_len: 
     """A classification fine-tuning loop as ``randommask finetune`` runs it (bf16 autocast on CUDA)."""
     from transformers import BertForSequenceClassification
 
-    from randommask.hardware import classifier_flops_per_token
-    from randommask.model import autocast, build_mlm
+    from randommask.common.hardware import classifier_flops_per_token
+    from randommask.training.model import autocast, build_mlm
 
     k = 6
     torch.manual_seed(0)
@@ -207,7 +207,7 @@ def run_checks(device: torch.device, sizes: dict, compile: bool = True) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="randommask.gpu_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="randommask.tools.gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cuda:1, cpu")
     p.add_argument("--quick", action="store_true", help="toy sizes (the default without a GPU)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
@@ -217,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            print("randommask.gpu_check: error: --device cuda asked for, but torch sees no CUDA device", file=sys.stderr)
+            print("randommask.tools.gpu_check: error: --device cuda asked for, but torch sees no CUDA device", file=sys.stderr)
             return 2
     quick = args.quick or device.type != "cuda"
     if device.type != "cuda":
-        print("randommask.gpu_check: no CUDA device: every check at toy sizes on the CPU", file=sys.stderr)
+        print("randommask.tools.gpu_check: no CUDA device: every check at toy sizes on the CPU", file=sys.stderr)
     failures = run_checks(device, QUICK if quick else FULL, compile=not args.no_compile)
     emit({"check": "done", "ok": failures == 0, "failures": failures, "sizes": "quick" if quick else "full"})
     return 1 if failures else 0

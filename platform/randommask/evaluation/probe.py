@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from randommask import gue
-from randommask.finetune.checkpoints import node_checkpoint
-from randommask.finetune.trial import metrics
-from randommask.tokenizer import KmerTokenizer
+from randommask.common.checkpoints import node_checkpoint
+from randommask.data.tokenizer import KmerTokenizer
+from randommask.evaluation import gue
 
 
 @torch.no_grad()
@@ -47,6 +46,6 @@ def linear_probe(model_dir: str, gue_dir: str, datasets: list[str], max_train: i
         te = gue.subsample(*gue.read_split(gue_dir, name, "test", storage_options), max_eval, seed=0)
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         clf.fit(embed(model_dir, tr[0]), tr[1])
-        scores[f"probe_{name}"] = round(metrics(te[1], clf.predict(embed(model_dir, te[0])))[ds.metric], 5)
+        scores[f"probe_{name}"] = round(gue.scores(te[1], clf.predict(embed(model_dir, te[0])))[ds.metric], 5)
     scores["probe_score"] = round(float(np.mean(list(scores.values()))), 5)
     return scores

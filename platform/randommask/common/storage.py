@@ -239,7 +239,7 @@ def cat_ranges(fs: fsspec.AbstractFileSystem, paths: list[str], starts: list[int
     """Ranged reads of several objects at once, every part checked. fsspec returns a failed range as
     an exception object in the list; a part that still fails after the filesystem's own retries is
     raised here: a permanent fault as a one-line UserError, a transient one as TransientStorageError
-    (Ray Data retries the read task on it)."""
+    (the stream's read task retries it a few times)."""
     try:
         parts = fs.cat_ranges(paths, starts, ends, on_error="return")
     except Exception as e:
@@ -260,24 +260,41 @@ def exists(uri: str, storage_options: dict | None = None) -> bool:
         raise UserError(describe_error(e, uri)) from None
 
 
+@contextlib.contextmanager
+def atomic_local(path: str, directory: bool = False) -> Iterator[str]:
+    """A temporary sibling of local ``path`` to fill (a file, or a directory with ``directory``); when
+    the block ends it is renamed onto ``path``, and removed if the block fails. The one atomic write
+    here: readers never see a partial file or directory."""
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    if directory:
+        tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
+    else:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-")
+        os.close(fd)
+    os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)  # mkstemp's 0600 would hide it from other readers
+    try:
+        yield tmp
+        if directory and os.path.isdir(path):
+            shutil.rmtree(path)  # a directory cannot be renamed onto a non-empty one
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def write_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> None:
-    """Write an object whole: local files via a temporary file and an atomic rename, S3 objects by one
-    PUT (atomic by the protocol). Readers never see a partial file."""
+    """Write an object whole: local files atomically (``atomic_local``), S3 objects by one PUT (atomic
+    by the protocol). Readers never see a partial file."""
     scheme, path = split_uri(uri)
     if scheme == "file":
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other readers
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_local(path) as tmp, open(tmp, "wb") as f:
+            f.write(data)
         return
     fs, path = filesystem(uri, storage_options)
     try:
@@ -287,19 +304,28 @@ def write_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> N
 
 
 def put_file(local_path: str, uri: str, storage_options: dict | None = None) -> None:
-    """Upload (or atomically move, for a local destination) a finished local file."""
+    """Upload (or atomically copy, for a local destination) a finished local file."""
     scheme, path = split_uri(uri)
     if scheme == "file":
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        shutil.copyfile(local_path, tmp)
-        os.replace(tmp, path)
+        with atomic_local(path) as tmp:
+            shutil.copyfile(local_path, tmp)
         return
     fs, path = filesystem(uri, storage_options)
     try:
         fs.put_file(local_path, path)
     except Exception as e:
         raise UserError(describe_error(e, uri)) from None
+
+
+def put_dir(local_dir: str, uri: str, storage_options: dict | None = None) -> None:
+    """Copy a finished local directory (flat) to ``uri``: renamed into place locally, object by object on S3."""
+    scheme, path = split_uri(uri)
+    if scheme == "file":
+        with atomic_local(path, directory=True) as tmp:
+            shutil.copytree(local_dir, tmp, dirs_exist_ok=True)
+        return
+    for name in sorted(os.listdir(local_dir)):
+        put_file(os.path.join(local_dir, name), join(uri, name), storage_options)
 
 
 def remove(uri: str, storage_options: dict | None = None, recursive: bool = False) -> None:

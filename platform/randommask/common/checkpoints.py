@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from randommask import storage
+from randommask.common import storage
 from randommask.errors import UserError
 
 

@@ -1,0 +1,1 @@
+"""``randommask sweep``: Ray Tune over the pretraining config (see driver)."""
