@@ -1,19 +1,98 @@
-"""Shared fixtures. Real data lives in ../shared beside the repository; tests that need it skip
-with a clear reason where it is absent (a user's clone)."""
+"""Shared fixtures and helpers of both tiers: tests/unit (no Ray, no server, a few minutes) and
+tests/integration (a real Ray cluster, a real S3-compatible server, real runs). Real data lives in
+../shared beside the repository; tests that need it skip with a clear reason where it is absent (a
+user's clone).
+
+Test modules import the constants and helpers below with ``from conftest import ...``: pytest puts
+this folder on ``sys.path`` when it loads this file (its default "prepend" import mode), and the
+tiers are packages (``__init__.py``) so that a file may have the same name in both."""
 
 from __future__ import annotations
 
+import gzip
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from randommask.tools.s3server import local_s3
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 GENOMES = SHARED / "data" / "genomes"
 ECOLI = GENOMES / "ecoli_536.fna.gz"
 LAMBDA = GENOMES / "lambda_phage.fa.gz"
+GUE_DIR = SHARED / "data" / "gue"
+GUE_BASELINES = SHARED / "data" / "gue-published-baselines.csv"  # the published scores (finetune --baselines)
+TINY_CONFIG = REPO / "jobs" / "configs" / "pretrain-tiny.yaml"  # the tiny test config
+UNIT = Path(__file__).resolve().parent / "unit"
+
+S3_KEY, S3_SECRET = "randommask-test-key", "randommask-test-secret"
+# What the unit tier must not start: a Ray cluster, an S3 server, or anything built on them.
+SERVER_FIXTURES = {"s3", "ray_local", "prepared", "tiny_run"}
 
 
+# ---- helpers ----------------------------------------------------------------------------------------
+def write_fasta(path: Path, records: dict[str, str], width: int = 60, gz: bool = False, crlf: bool = False) -> Path:
+    """``records`` ({name: sequence}) as a FASTA file, ``width`` bases a line, gzipped or with CRLF endings."""
+    nl = "\r\n" if crlf else "\n"
+    text = "".join(f">{name} test record{nl}" + nl.join(seq[i : i + width] for i in range(0, len(seq), width)) + nl
+                   for name, seq in records.items())
+    data = text.encode()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def random_dna(n: int, rng: int | np.random.Generator = 0) -> str:
+    """``n`` uniform random bases from ``rng`` (a seed, or a generator that successive calls advance)."""
+    return "".join(np.random.default_rng(rng).choice(list("ACGT"), n))
+
+
+def jsonl(path: str | Path) -> list[dict]:
+    """The rows of a local JSONL file (metrics.jsonl, events.jsonl)."""
+    return [json.loads(x) for x in Path(path).read_text().splitlines()]
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m randommask ARGS`` in a fresh process, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "randommask", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """``randommask ARGS`` in this process, without an interpreter's start-up (seconds of imports):
+    (exit status, stdout, stderr). ``run_cli`` checks what a real process prints."""
+    from randommask.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def load_tiny(prepared, storage, name: str, *overrides: str):
+    """The tiny test config on ``prepared``, writing run ``name`` under ``storage``, no progress bar."""
+    from randommask.training.config import load_config
+
+    return load_config(TINY_CONFIG, [f"data.prepared={prepared}", f"run.storage_path={storage}", f"run.name={name}",
+                                     "observability.progress=false", *overrides])
+
+
+def pytest_collection_modifyitems(config, items):
+    """The unit tier starts no Ray cluster and no server: a unit test that asks for one is an error."""
+    for item in items:
+        if UNIT in Path(str(item.path)).resolve().parents:
+            used = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+            if used or item.get_closest_marker("ray"):
+                raise pytest.UsageError(f"{item.nodeid}: a unit test uses {sorted(used) or 'the ray marker'}; "
+                                        "it belongs in tests/integration")
+
+
+# ---- real data --------------------------------------------------------------------------------------
 def _need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data {path} is absent (it ships in ../shared beside the repository)")
@@ -30,14 +109,34 @@ def lambda_phage() -> Path:
     return _need(LAMBDA)
 
 
-# ---- a real Ray cluster and a real S3-compatible server -------------------------------------------
-import os
-
-from randommask.s3server import local_s3
-
-S3_KEY, S3_SECRET = "randommask-test-key", "randommask-test-secret"
+@pytest.fixture(scope="session")
+def gue_dir() -> Path:
+    return _need(GUE_DIR)
 
 
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """This test's own node cache (fetched and decompressed genomes, indexes), not the user's."""
+    monkeypatch.setenv("RANDOMMASK_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model directory as pretraining writes it (model + tokenizer files), seed 0. Read only:
+    a test that changes a checkpoint copies it first."""
+    import torch
+
+    from randommask.data.tokenizer import KmerTokenizer
+    from randommask.training.model import build_mlm
+
+    d = tmp_path_factory.mktemp("ckpt") / "final"
+    torch.manual_seed(0)
+    build_mlm("tiny").save_pretrained(d)
+    KmerTokenizer(6).save_pretrained(d)
+    return d
+
+
+# ---- a real Ray cluster and a real S3-compatible server (integration tier) ---------------------------
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """``rclone serve s3`` on a free loopback port; the standard AWS variables point at it, as users
@@ -61,7 +160,7 @@ def ray_local(s3):
     """One local Ray cluster (token auth on, Ray's default) for the in-process tests."""
     import ray
 
-    from randommask.ray_runtime import ensure_ray
+    from randommask.common.ray_runtime import ensure_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     ensure_ray(num_cpus=2)
@@ -72,7 +171,7 @@ def ray_local(s3):
 @pytest.fixture(scope="session")
 def prepared(ray_local, ecoli, tmp_path_factory):
     """E. coli 536 prepared once for the session (1% validation, the default)."""
-    from randommask.prepare import prepare
+    from randommask.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "ecoli"
     prepare([str(ecoli)], str(out), show_progress=False)
@@ -83,11 +182,8 @@ def prepared(ray_local, ecoli, tmp_path_factory):
 def tiny_run(prepared, tmp_path_factory):
     """The tiny test config (jobs/configs/pretrain-tiny.yaml) pretrained once on E. coli, 150 steps:
     (run directory, summary, config). Pretraining tests check its outputs; inference tests use its model."""
-    from randommask.config import load_config
-    from randommask.train import pretrain
+    from randommask.training.driver import pretrain
 
     storage = tmp_path_factory.mktemp("tiny-run")
-    cfg = load_config(REPO / "jobs" / "configs" / "pretrain-tiny.yaml",
-                      [f"data.prepared={prepared}", f"run.storage_path={storage}", "run.name=outputs",
-                       "observability.progress=false"])
+    cfg = load_tiny(prepared, storage, "outputs")
     return storage / "outputs", pretrain(cfg), cfg

@@ -3,38 +3,29 @@
 import gzip
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from randommask.data import validation_windows, build_plan, epoch_size, pretraining_dataset
+from conftest import random_dna, run_cli, write_fasta
+from randommask.data.genome import read_fasta
+from randommask.data.prepare import MANIFEST, prepare
+from randommask.data.stream import build_plan, pretraining_dataset, validation_windows
+from randommask.data.tokenizer import COMPLEMENT_CODE, KmerTokenizer, codes_from_bytes
 from randommask.errors import UserError
-from randommask.genome import read_fasta
-from randommask.prepare import MANIFEST, prepare
-from randommask.tokenizer import COMPLEMENT_CODE, KmerTokenizer, codes_from_bytes
 
 pytestmark = pytest.mark.ray
 W = 512
 
 
+def section(prepared: str, **fields) -> dict:
+    """The data section (``DataSection``'s fields) the dataset is read with: 512-bp windows unless told."""
+    return {"prepared": prepared, "window_bp": W, **fields}
+
+
 def collect(ds) -> dict[str, np.ndarray]:
     parts = list(ds.iter_batches(batch_size=4096, batch_format="numpy"))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-
-
-def write_fasta(path, records: dict[str, str], width: int = 60, gz: bool = False, crlf: bool = False):
-    nl = "\r\n" if crlf else "\n"
-    text = "".join(f">{name} test record{nl}" + nl.join(seq[i : i + width] for i in range(0, len(seq), width)) + nl
-                   for name, seq in records.items())
-    data = text.encode()
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
-
-
-def random_dna(rng, n: int) -> str:
-    return "".join(rng.choice(list("ACGT"), n))
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +63,8 @@ def test_s3_and_local_preparations_give_the_same_windows(ecoli_prepared):
     assert [s["sha256"] for s in m_local["shards"]] == [s["sha256"] for s in m_s3["shards"]]
     assert m_local["validation"] == m_s3["validation"]
     for split, epoch in [("train", 0), ("train", 3), ("validation", 0)]:
-        a = collect(pretraining_dataset(ecoli_prepared["local"], split=split, epoch=epoch))
-        b = collect(pretraining_dataset(ecoli_prepared["s3"], split=split, epoch=epoch))
+        a = collect(pretraining_dataset(section(ecoli_prepared["local"]), split=split, epoch=epoch))
+        b = collect(pretraining_dataset(section(ecoli_prepared["s3"]), split=split, epoch=epoch))
         assert a["input_ids"].shape[0] > 0
         for key in a:
             assert (a[key] == b[key]).all(), (split, epoch, key)
@@ -82,8 +73,8 @@ def test_s3_and_local_preparations_give_the_same_windows(ecoli_prepared):
 def test_windows_are_the_genome_and_validation_never_overlaps_training(ecoli_prepared, ecoli, lambda_phage):
     genome = np.concatenate([np.frombuffer(s, dtype=np.uint8) & 7 for p in (ecoli, lambda_phage) for _, s in read_fasta(p)])
     tok = KmerTokenizer(6)
-    train = collect(pretraining_dataset(ecoli_prepared["local"], epoch=1))
-    val = collect(pretraining_dataset(ecoli_prepared["local"], split="validation"))
+    train = collect(pretraining_dataset(section(ecoli_prepared["local"]), epoch=1))
+    val = collect(pretraining_dataset(section(ecoli_prepared["local"]), split="validation"))
     assert train["input_ids"].shape[1] == tok.num_tokens(W) == 509
     # every window is the genome slice at its coordinate, reverse-complemented when flagged
     for rows in (train, val):
@@ -93,7 +84,7 @@ def test_windows_are_the_genome_and_validation_never_overlaps_training(ecoli_pre
     # no validation window overlaps any training window (nor any window of another epoch)
     v = np.sort(val["coord"])
     for epoch in (0, 1, 2):
-        t = train["coord"] if epoch == 1 else collect(pretraining_dataset(ecoli_prepared["local"], epoch=epoch))["coord"]
+        t = train["coord"] if epoch == 1 else collect(pretraining_dataset(section(ecoli_prepared["local"]), epoch=epoch))["coord"]
         i = np.searchsorted(v, t)
         left = np.abs(t - v[np.maximum(i - 1, 0)]) < W
         right = np.abs(v[np.minimum(i, len(v) - 1)] - t) < W
@@ -107,30 +98,31 @@ def test_windows_are_the_genome_and_validation_never_overlaps_training(ecoli_pre
 
 def test_determinism_and_new_cuts_each_epoch(ecoli_prepared):
     path = ecoli_prepared["local"]
-    a = collect(pretraining_dataset(path, epoch=2, seed=5))
-    b = collect(pretraining_dataset(path, epoch=2, seed=5))
-    c = collect(pretraining_dataset(path, epoch=3, seed=5))
+    a = collect(pretraining_dataset(section(path), epoch=2, seed=5))
+    b = collect(pretraining_dataset(section(path), epoch=2, seed=5))
+    c = collect(pretraining_dataset(section(path), epoch=3, seed=5))
     assert all((a[k] == b[k]).all() for k in a)
     assert (a["sample"] == np.arange(len(a["sample"]))).all()
     assert len(set(a["coord"] % W)) > 1  # cuts move per interval...
     assert not np.array_equal(np.sort(a["coord"]), np.sort(c["coord"]))  # ...and per epoch
-    v1 = collect(pretraining_dataset(path, split="validation", epoch=0, seed=0))
-    v2 = collect(pretraining_dataset(path, split="validation", epoch=7, seed=9))
+    v1 = collect(pretraining_dataset(section(path), split="validation", epoch=0, seed=0))
+    v2 = collect(pretraining_dataset(section(path), split="validation", epoch=7, seed=9))
     assert all((v1[k] == v2[k]).all() for k in v1)  # validation is fixed
     # the in-process reader that evaluation and analysis use gives the same windows, in order, and
     # a limit takes evenly spaced ones among them
     n = len(v1["input_ids"])
-    assert (validation_windows(path, W, limit=10**9) == v1["input_ids"]).all()
+    assert (validation_windows(section(path), limit=10**9) == v1["input_ids"]).all()
     pick = np.unique(np.linspace(0, n - 1, min(300, n)).round().astype(int))
-    assert (validation_windows(path, W, limit=300) == v1["input_ids"][pick]).all()
-    assert epoch_size(path, epoch=2, seed=5) == len(a["sample"])
+    assert (validation_windows(section(path), limit=300) == v1["input_ids"][pick]).all()
+    assert build_plan(path, "train", W, seed=5, epoch=2).num_samples == len(a["sample"])  # what start_sample counts
 
 
 def test_mid_epoch_resume_gives_the_batches_an_uninterrupted_run_sees(ecoli_prepared):
     path, batch = ecoli_prepared["s3"], 64
-    full = [b for b in pretraining_dataset(path, epoch=4).iter_torch_batches(batch_size=batch)]
+    full = [b for b in pretraining_dataset(section(path), epoch=4).iter_torch_batches(batch_size=batch)]
     taken = 37
-    resumed = [b for b in pretraining_dataset(path, epoch=4, start_sample=taken * batch).iter_torch_batches(batch_size=batch)]
+    resumed = [b for b in pretraining_dataset(section(path), epoch=4, start_sample=taken * batch)
+               .iter_torch_batches(batch_size=batch)]
     assert len(resumed) == len(full) - taken
     for x, y in zip(full[taken : taken + 10], resumed[:10]):
         for key in ("input_ids", "soft_mask", "sample", "coord", "rc"):
@@ -140,8 +132,8 @@ def test_mid_epoch_resume_gives_the_batches_an_uninterrupted_run_sees(ecoli_prep
 
 def test_consumers_get_disjoint_deterministic_parts(ecoli_prepared):
     path = ecoli_prepared["local"]
-    whole = collect(pretraining_dataset(path, epoch=1))
-    parts = [collect(pretraining_dataset(path, epoch=1, num_shards=2, shard_index=i)) for i in range(2)]
+    whole = collect(pretraining_dataset(section(path), epoch=1))
+    parts = [collect(pretraining_dataset(section(path), epoch=1, num_shards=2, shard_index=i)) for i in range(2)]
     coords = [set(p["coord"].tolist()) for p in parts]
     assert not coords[0] & coords[1]
     assert coords[0] | coords[1] == set(whole["coord"].tolist())
@@ -149,7 +141,7 @@ def test_consumers_get_disjoint_deterministic_parts(ecoli_prepared):
 
 def test_n_filter_soft_mask_and_iupac(ray_local, tmp_path):
     rng = np.random.default_rng(0)
-    seq = list(random_dna(rng, 40_000))
+    seq = list(random_dna(40_000, rng))
     seq[5000:5400] = "N" * 400  # windows covering >10% of this are dropped
     seq[9000:9010] = "RYKMSWBDHV"  # IUPAC codes are valid input, tokenized as [UNK]
     lower = slice(20_000, 21_000)
@@ -158,7 +150,7 @@ def test_n_filter_soft_mask_and_iupac(ray_local, tmp_path):
     m = prepare([str(src)], str(tmp_path / "out"), val_fraction=0.0, show_progress=False)
     assert m["records"][0]["n_fraction"] == pytest.approx(410 / 40_000)
     assert m["records"][0]["soft_fraction"] == pytest.approx(1000 / 40_000)
-    rows = collect(pretraining_dataset(str(tmp_path / "out"), epoch=0, rc_prob=0.5))
+    rows = collect(pretraining_dataset(section(str(tmp_path / "out"), rc_prob=0.5), epoch=0))
     codes = codes_from_bytes("".join(seq).encode())
     n_per_window = (codes[rows["coord"][:, None] + np.arange(W)] == 4).sum(1)
     assert (n_per_window <= 0.1 * W).all()
@@ -176,16 +168,16 @@ def test_n_filter_soft_mask_and_iupac(ray_local, tmp_path):
 
 def test_hundreds_of_tiny_records_and_one_long_record(ray_local, tmp_path):
     rng = np.random.default_rng(1)
-    tiny = {f"contig{i}": random_dna(rng, int(rng.integers(300, 1500))) for i in range(400)}
+    tiny = {f"contig{i}": random_dna(int(rng.integers(300, 1500)), rng) for i in range(400)}
     write_fasta(tmp_path / "tiny.fa.gz", tiny, gz=True)
-    write_fasta(tmp_path / "long.fasta", {"chrLong": random_dna(rng, 300_000)}, width=10_000_000)  # one line
+    write_fasta(tmp_path / "long.fasta", {"chrLong": random_dna(300_000, rng)}, width=10_000_000)  # one line
     m = prepare([str(tmp_path / "*.fa*")], str(tmp_path / "out"), min_length=400, val_fraction=0.02,
                 show_progress=False)
     expected_tiny = sum(1 for s in tiny.values() if len(s) >= 400)
     assert m["totals"]["records"] == expected_tiny + 1
     assert m["totals"]["skipped_records"] == 400 - expected_tiny
-    train = collect(pretraining_dataset(str(tmp_path / "out"), window_bp=256))
-    val = collect(pretraining_dataset(str(tmp_path / "out"), split="validation", window_bp=256))
+    train = collect(pretraining_dataset(section(str(tmp_path / "out"), window_bp=256)))
+    val = collect(pretraining_dataset(section(str(tmp_path / "out"), window_bp=256), split="validation"))
     assert len(train["coord"]) > 1000 and len(val["coord"]) > 0
     assert m["totals"]["validation_fraction"] > 0.01
 
@@ -193,14 +185,14 @@ def test_hundreds_of_tiny_records_and_one_long_record(ray_local, tmp_path):
 # ---- bad input: one clear line, and no manifest -----------------------------------------------
 def _bad_input_cases(tmp_path, s3):
     rng = np.random.default_rng(2)
-    good = write_fasta(tmp_path / "good.fa", {"ok": random_dna(rng, 5000)})
+    good = write_fasta(tmp_path / "good.fa", {"ok": random_dna(5000, rng)})
     (tmp_path / "empty.fa").write_bytes(b"")
     (tmp_path / "noheader.fa").write_text("ACGTACGT\nACGT\n")
     (tmp_path / "protein.fa").write_text(">p1\nMKVLAAGIVALLLAAGCSSEQ\n")
     (tmp_path / "binary.fa").write_bytes(b">x\nACGT\x00\x01\x02\xff\xfe\n")
-    full = gzip.compress((">t\n" + random_dna(rng, 50_000) + "\n").encode())
+    full = gzip.compress((">t\n" + random_dna(50_000, rng) + "\n").encode())
     (tmp_path / "trunc.fa.gz").write_bytes(full[: len(full) // 2])
-    write_fasta(tmp_path / "dup.fa", {"ok": random_dna(rng, 100)})
+    write_fasta(tmp_path / "dup.fa", {"ok": random_dna(100, rng)})
     return [
         ([tmp_path / "empty.fa"], None, "empty.fa: empty file"),
         ([tmp_path / "noheader.fa"], None, "noheader.fa: line 1: not FASTA: no '>' header"),
@@ -230,12 +222,12 @@ def test_bad_inputs_fail_clearly_and_leave_no_manifest(ray_local, s3, tmp_path, 
 
 def test_rerun_is_safe_and_failed_rerun_keeps_the_old_manifest(ray_local, tmp_path):
     rng = np.random.default_rng(3)
-    a = write_fasta(tmp_path / "a.fa", {"a": random_dna(rng, 20_000)})
+    a = write_fasta(tmp_path / "a.fa", {"a": random_dna(20_000, rng)})
     out = tmp_path / "out"
     m1 = prepare([str(a)], str(out), show_progress=False)
     m2 = prepare([str(a)], str(out), show_progress=False)
     assert m1["run"] == m2["run"] and m1["shards"] == m2["shards"]
-    write_fasta(tmp_path / "b.fa", {"b": random_dna(rng, 30_000)})
+    write_fasta(tmp_path / "b.fa", {"b": random_dna(30_000, rng)})
     m3 = prepare([str(tmp_path / "b.fa")], str(out), show_progress=False)
     assert m3["run"] != m1["run"]
     assert [p.name for p in (out / "shards").iterdir()] == [m3["run"]]  # the old run is gone
@@ -243,18 +235,15 @@ def test_rerun_is_safe_and_failed_rerun_keeps_the_old_manifest(ray_local, tmp_pa
     with pytest.raises(UserError):
         prepare([str(tmp_path / "bad.fa")], str(out), show_progress=False)
     assert json.loads((out / MANIFEST).read_text())["run"] == m3["run"]
-    assert len(collect(pretraining_dataset(str(out), window_bp=1000))["coord"]) > 0
+    assert len(collect(pretraining_dataset(section(str(out), window_bp=1000)))["coord"]) > 0
 
 
 def test_cli_prepare_reports_and_fails_in_one_line(tmp_path, lambda_phage):
-    cmd = [sys.executable, "-m", "randommask", "data", "prepare"]
-    ok = subprocess.run(cmd + [str(lambda_phage), "--out", str(tmp_path / "ok"), "--no-progress"],
-                        capture_output=True, text=True, timeout=300)
+    ok = run_cli("data", "prepare", lambda_phage, "--out", tmp_path / "ok", "--no-progress")
     assert ok.returncode == 0, ok.stderr
     assert "prepared 1 records, 48,502 bp" in ok.stdout
     (tmp_path / "p.fa").write_text(">p\nMEEPMEEP\n")
-    bad = subprocess.run(cmd + [str(tmp_path / "p.fa"), "--out", str(tmp_path / "bad"), "--no-progress"],
-                         capture_output=True, text=True, timeout=300)
+    bad = run_cli("data", "prepare", tmp_path / "p.fa", "--out", tmp_path / "bad", "--no-progress")
     assert bad.returncode == 2
     errors = [line for line in bad.stderr.splitlines() if line.startswith("randommask: error:")]
     assert errors == [f"randommask: error: {tmp_path / 'p.fa'}: line 2: 'E' is not a nucleotide code "
@@ -263,8 +252,7 @@ def test_cli_prepare_reports_and_fails_in_one_line(tmp_path, lambda_phage):
     # Checked in the driver from the file's first bytes: Ray never starts for a wrong input.
     assert "Ray" not in bad.stderr, bad.stderr
     (tmp_path / "notes.txt").write_text("meeting notes\nnot a genome\n")
-    plain = subprocess.run(cmd + [str(tmp_path / "notes.txt"), "--out", str(tmp_path / "bad")],
-                           capture_output=True, text=True, timeout=300)
+    plain = run_cli("data", "prepare", tmp_path / "notes.txt", "--out", tmp_path / "bad")
     assert plain.returncode == 2 and "Ray" not in plain.stderr, plain.stderr
     assert plain.stderr.strip().splitlines()[-1] == (f"randommask: error: {tmp_path / 'notes.txt'}: line 1: not FASTA: "
                                                      "no '>' header before the sequence")
@@ -274,10 +262,10 @@ def test_cli_prepare_reports_and_fails_in_one_line(tmp_path, lambda_phage):
 
 def test_bad_dataset_arguments(ecoli_prepared, tmp_path):
     with pytest.raises(UserError, match="no manifest.json"):
-        pretraining_dataset(str(tmp_path / "nothing"))
+        pretraining_dataset(section(str(tmp_path / "nothing")))
     with pytest.raises(UserError, match="split"):
         build_plan(ecoli_prepared["local"], split="test")
     with pytest.raises(UserError, match="start_sample"):
-        pretraining_dataset(ecoli_prepared["local"], start_sample=10**9)
+        pretraining_dataset(section(ecoli_prepared["local"]), start_sample=10**9)
     with pytest.raises(UserError, match="no validation window"):
-        pretraining_dataset(ecoli_prepared["local"], split="validation", window_bp=100_000)
+        pretraining_dataset(section(ecoli_prepared["local"], window_bp=100_000), split="validation")

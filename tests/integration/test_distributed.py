@@ -16,22 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from randommask.config import load_config
-from randommask.masking import make_masker
-from randommask.train import pretrain
+from conftest import jsonl, load_tiny
+from randommask.training.driver import pretrain
+from randommask.training.masking import make_masker
 
 pytestmark = pytest.mark.ray
-TINY = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "pretrain-tiny.yaml"
 TWO = ["scaling.num_workers=2", "scaling.cpus_per_worker=0.5"]
-
-
-def tiny(prepared, storage, name, *overrides):
-    return load_config(TINY, [f"data.prepared={prepared}", f"run.storage_path={storage}", f"run.name={name}",
-                              "observability.progress=false", *overrides])
-
-
-def lines(path):
-    return [json.loads(x) for x in Path(path).read_text().splitlines()]
 
 
 class RankReports:
@@ -84,11 +74,10 @@ def scrape_ray_metrics(name: str, timeout: float) -> list[str]:
 def shard_crcs(cfg, rank: int, world: int, steps: int) -> list[int]:
     """The batch_crc each step of rank ``rank`` must log: its own shard of epoch 0, read straight
     from the data layer, ``grad_accum`` micro-batches per step."""
-    from randommask.data import pretraining_dataset
+    from randommask.data.stream import pretraining_dataset
 
-    d, o = cfg.data, cfg.optim
-    ds = pretraining_dataset(d.prepared, "train", d.window_bp, d.k, d.stride, cfg.run.seed, 0, d.rc_prob,
-                             d.max_n_fraction, num_shards=world, shard_index=rank)
+    o = cfg.optim
+    ds = pretraining_dataset(cfg.data, "train", seed=cfg.run.seed, epoch=0, num_shards=world, shard_index=rank)
     batches = []
     for b in ds.iter_torch_batches(batch_size=o.batch_size, drop_last=True):
         batches.append(b["input_ids"])
@@ -108,12 +97,12 @@ def test_two_workers_with_accumulation_stay_in_step_and_resume_on_one(prepared, 
     # eval_windows=1: rank 1 holds no evaluation row and must still join the all-reduce, not hang.
     common = ["optim.max_steps=20", "optim.grad_accum=2", "run.log_every=1", "run.checkpoint_every=5",
               "run.eval_every=5", "run.eval_windows=1", "masking.phase_ends=[4,8,12,16,20]"]
-    cfg = tiny(prepared, tmp_path, "mw", *common, *TWO, "run.stop_after=10")
+    cfg = load_tiny(prepared, tmp_path, "mw", *common, *TWO, "run.stop_after=10")
     log = tmp_path / "reports.jsonl"
     summary = pretrain(cfg, callbacks=[reports_callback(str(log))])
     assert summary["step"] == 10 and not summary["finished"]
 
-    reports = lines(log)
+    reports = jsonl(log)
     assert [[m["step"] for m in r] for r in reports] == [[5, 5], [10, 10]]
     expected = {rank: shard_crcs(cfg, rank, 2, 10) for rank in (0, 1)}
     assert set(expected[0]).isdisjoint(expected[1])  # different windows on each rank
@@ -139,32 +128,32 @@ def test_two_workers_with_accumulation_stay_in_step_and_resume_on_one(prepared, 
     scraped = scrape_ray_metrics("ray_randommask_rank_tokens_per_second", timeout=60)
     assert {'rank="0"', 'rank="1"'} <= {t for line in scraped for t in re.findall(r'rank="\d+"', line)}
     assert any('run="mw"' in x for x in scraped)
-    m = lines(tmp_path / "mw" / "metrics.jsonl")
+    m = jsonl(tmp_path / "mw" / "metrics.jsonl")
     tokens_per_window = cfg.data.window_bp - cfg.data.k + 3  # k-mers + [CLS] + [SEP]
     assert m[-1]["tokens"] == 10 * 2 * 2 * cfg.optim.batch_size * tokens_per_window  # both ranks, both micro-batches
 
     # Resume the 2-worker run on 1 worker: the documented behaviour is that the current epoch restarts.
-    summary = pretrain(tiny(prepared, tmp_path, "mw", *common))
+    summary = pretrain(load_tiny(prepared, tmp_path, "mw", *common))
     assert summary["finished"] and summary["step"] == 20
-    events = lines(tmp_path / "mw" / "events.jsonl")
+    events = jsonl(tmp_path / "mw" / "events.jsonl")
     assert [(e["event"], e["step"], e["workers"]) for e in events] == [("start", 0, 2), ("resume", 10, 1)]
     assert events[1]["sample"] == 0 and events[1]["epoch"] == events[0]["epoch"]
-    assert [x["step"] for x in lines(tmp_path / "mw" / "metrics.jsonl")] == list(range(1, 21))
+    assert [x["step"] for x in jsonl(tmp_path / "mw" / "metrics.jsonl")] == list(range(1, 21))
 
 
 def test_one_worker_resumes_on_two(prepared, tmp_path, ray_local):
     common = ["optim.max_steps=16", "run.log_every=4", "run.checkpoint_every=8", "run.eval_every=8",
               "masking.phase_ends=[4,8,12,14,16]"]
     # The first leg checkpoints by wall-clock time (at every log step here), not by step count.
-    pretrain(tiny(prepared, tmp_path, "grow", *common, "run.stop_after=8", "run.checkpoint_every=1000",
-                  "run.checkpoint_minutes=0.0001"))
+    pretrain(load_tiny(prepared, tmp_path, "grow", *common, "run.stop_after=8", "run.checkpoint_every=1000",
+                       "run.checkpoint_minutes=0.0001"))
     assert sorted(p.name for p in (tmp_path / "grow").glob("step_*")) == ["step_00000004", "step_00000008"]
-    summary = pretrain(tiny(prepared, tmp_path, "grow", *common, *TWO))
+    summary = pretrain(load_tiny(prepared, tmp_path, "grow", *common, *TWO))
     assert summary["finished"] and summary["step"] == 16
-    events = lines(tmp_path / "grow" / "events.jsonl")
+    events = jsonl(tmp_path / "grow" / "events.jsonl")
     assert [(e["event"], e["step"], e["workers"], e["sample"]) for e in events] == [
         ("start", 0, 1, 0), ("resume", 8, 2, 0)]
-    m = lines(tmp_path / "grow" / "metrics.jsonl")
+    m = jsonl(tmp_path / "grow" / "metrics.jsonl")
     assert [x["step"] for x in m] == [4, 8, 12, 16]
     assert m[-1]["eval_span_k_loss"] is not None
 
@@ -189,8 +178,9 @@ def _train_worker_pids():
 
 
 def test_survives_a_killed_worker_of_two_and_resumes_from_its_checkpoint(prepared, tmp_path, ray_local):
-    cfg = tiny(prepared, tmp_path, "ft", *TWO, "optim.grad_accum=2", "optim.max_steps=120", "run.checkpoint_every=20",
-               "run.max_failures=2", "run.restart_backoff_s=2", "masking.phase_ends=[24,48,72,96,120]")
+    cfg = load_tiny(prepared, tmp_path, "ft", *TWO, "optim.grad_accum=2", "optim.max_steps=120",
+                    "run.checkpoint_every=20", "run.max_failures=2", "run.restart_backoff_s=2",
+                    "masking.phase_ends=[24,48,72,96,120]")
     result = {}
     thread = threading.Thread(target=lambda: result.update(summary=pretrain(cfg)))
     thread.start()
@@ -209,25 +199,12 @@ def test_survives_a_killed_worker_of_two_and_resumes_from_its_checkpoint(prepare
     os.kill(pids[1], signal.SIGKILL)
     thread.join(timeout=500)
     assert result["summary"]["finished"] and result["summary"]["step"] == 120
-    events = lines(run / "events.jsonl")
+    events = jsonl(run / "events.jsonl")
     assert events[0]["event"] == "start" and events[-1]["event"] == "resume"
     assert events[-1]["step"] >= 40 and events[-1]["step"] % 20 == 0 and events[-1]["workers"] == 2
-    m = lines(run / "metrics.jsonl")
+    m = jsonl(run / "metrics.jsonl")
     assert [x["step"] for x in m] == list(range(5, 121, 5))  # each step once: history restored, not replayed
     masker = make_masker(cfg.masking.strategy, cfg.data.k, **cfg.masking.params())
     for x in m:
         assert x["span_max"] == masker.span_bounds(x["step"] - 1)[1]
     assert (run / "final" / "model.safetensors").exists()
-
-
-def test_restarts_back_off_doubling_jittered_and_capped():
-    import random
-
-    from randommask.worker import restart_delay
-
-    random.seed(0)
-    assert restart_delay(0, 10) == 0.0 and restart_delay(3, 0) == 0.0  # a first start, or backoff off: no wait
-    for n, full in ((1, 10), (2, 20), (3, 40), (6, 300), (12, 300)):
-        delays = [restart_delay(n, 10) for _ in range(200)]
-        assert full / 2 <= min(delays) and max(delays) <= full  # jitter in [half, all] of the doubled wait
-        assert len(set(delays)) > 100  # really jittered: restarts of many workers spread out

@@ -5,26 +5,19 @@ cluster (a `randommask pretrain` process), so the outage touches nothing else in
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from randommask.s3server import local_s3
+from conftest import TINY_CONFIG, jsonl
+from randommask.tools.s3server import local_s3
 
 pytestmark = pytest.mark.ray
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "jobs" / "configs" / "pretrain-tiny.yaml"
 KEY, SECRET = "fault-test-key", "fault-test-secret"
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 def test_pretraining_rides_out_an_s3_outage(prepared, tmp_path):
@@ -37,7 +30,7 @@ def test_pretraining_rides_out_an_s3_outage(prepared, tmp_path):
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray cluster
         env.update(server.env())
         run = root / "rm" / "runs" / "outage"
-        cmd = [sys.executable, "-m", "randommask", "pretrain", "--config", str(TINY),
+        cmd = [sys.executable, "-m", "randommask", "pretrain", "--config", str(TINY_CONFIG),
                "--set", "data.prepared=s3://rm/prepared", "--set", "run.storage_path=s3://rm/runs",
                "--set", "run.name=outage", "--set", "optim.max_steps=200", "--set", "run.checkpoint_every=20",
                "--set", "run.eval_every=40", "--set", "masking.phase_ends=[40,80,120,160,200]",
@@ -51,7 +44,7 @@ def test_pretraining_rides_out_an_s3_outage(prepared, tmp_path):
                 assert proc.poll() is None and time.monotonic() < deadline, "the run never reached step 40"
                 time.sleep(0.2)
             # Mid-run, metrics.jsonl is one complete file with one row per logged step.
-            mid = [x["step"] for x in _rows(run / "metrics.jsonl")]
+            mid = [x["step"] for x in jsonl(run / "metrics.jsonl")]
             assert mid == list(range(5, mid[-1] + 1, 5)) and mid[-1] >= 40
             server.stop()
             time.sleep(12)
@@ -64,9 +57,9 @@ def test_pretraining_rides_out_an_s3_outage(prepared, tmp_path):
         assert "done     200/200 steps" in out, out[-3000:]
 
         # Finished at the right step, each logged step exactly once: nothing lost, nothing repeated.
-        steps = [x["step"] for x in _rows(run / "metrics.jsonl")]
+        steps = [x["step"] for x in jsonl(run / "metrics.jsonl")]
         assert steps == list(range(5, 201, 5))
-        events = _rows(run / "events.jsonl")
+        events = jsonl(run / "events.jsonl")
         assert events[0]["event"] == "start"
         assert (run / "final" / "model.safetensors").exists()
         # Every checkpoint the controller registered is whole (what a resume would load).

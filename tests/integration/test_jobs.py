@@ -1,7 +1,6 @@
 """End to end: `ray start --head` with token auth, `ray job submit` of the pretraining job reading and
 writing the local S3 server, Prometheus scrapes during the run, and the model loaded afterwards."""
 
-import json
 import os
 import re
 import signal
@@ -14,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from randommask.masking import make_masker
-from randommask.prepare import prepare
-from randommask.s3server import free_port
+from conftest import REPO, jsonl
+from randommask.data.prepare import prepare
+from randommask.tools.s3server import free_port
+from randommask.training.masking import make_masker
 
 pytestmark = pytest.mark.ray
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
@@ -147,7 +146,7 @@ def test_job_submit_pretrains_from_s3_with_metrics_and_token_auth(ray_head, s3, 
 
     # What the job wrote to S3 (the rclone root is the bucket's backing store).
     run = s3.root / "runs" / "pretrain" / "e2e"
-    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = jsonl(run / "metrics.jsonl")
     masker = make_masker("randommask", 6, phase_ends=[20, 40, 60, 80, 100])
     assert metrics[-1]["step"] == 120
     assert all(x["span_max"] == masker.span_bounds(x["step"] - 1)[1] for x in metrics)
@@ -201,10 +200,10 @@ def test_a_retried_job_on_a_new_head_resumes_from_the_checkpoint_on_s3(s3, ray_l
     finally:
         second.stop()
     assert res.returncode == 0 and "Job 'retry-2' succeeded" in res.stdout, res.stdout[-4000:] + res.stderr[-2000:]
-    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    events = jsonl(run / "events.jsonl")
     assert events[0]["event"] == "start" and events[-1]["event"] == "resume"
     assert events[-1]["step"] >= 40 and events[-1]["step"] % 20 == 0
     assert f"resumed from step {events[-1]['step']}" in res.stdout
-    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = jsonl(run / "metrics.jsonl")
     assert [x["step"] for x in metrics] == list(range(5, 81, 5))  # each step once, none replayed from 0
     assert (run / "final" / "model.safetensors").exists()

@@ -3,15 +3,14 @@ real S3-compatible server (its own rclone, stopped and restarted on the same por
 
 from __future__ import annotations
 
-import errno
 import threading
 import time
 
 import pytest
 
-from randommask import storage
+from randommask.common import storage
 from randommask.errors import UserError
-from randommask.s3server import local_s3
+from randommask.tools.s3server import local_s3
 
 KEY, SECRET = "storage-test-key", "storage-test-secret"
 
@@ -75,16 +74,3 @@ def test_an_outage_longer_than_the_window_is_a_transient_error(server, monkeypat
             storage.cat_ranges(fs, ["b/w.bin"], [0], [3], "s3://b")  # Ray Data retries the read task on this
     finally:
         server.start()
-
-
-def test_which_faults_are_transient():
-    from botocore.exceptions import EndpointConnectionError, NoCredentialsError, ReadTimeoutError
-
-    assert storage.is_transient(EndpointConnectionError(endpoint_url="http://x"))
-    assert storage.is_transient(ReadTimeoutError(endpoint_url="http://x"))
-    assert storage.is_transient(OSError(errno.EBUSY, "SlowDown"))
-    assert storage.is_transient(ConnectionResetError())
-    assert not storage.is_transient(NoCredentialsError())
-    assert not storage.is_transient(FileNotFoundError("b/missing"))
-    assert not storage.is_transient(PermissionError("AccessDenied"))
-    assert not storage.is_transient(ValueError("bad range"))

@@ -1,12 +1,8 @@
-"""`randommask analyze`: the attention and embedding numbers on constructed cases with known answers,
-then a report comparing two real tiny pretraining runs end to end."""
+"""`randommask analyze`: the attention and embedding numbers on constructed cases with known answers
+(the report comparing two real pretraining runs is in tests/integration/test_analysis.py)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-import matplotlib.image
 import numpy as np
 import pytest
 import torch
@@ -15,14 +11,16 @@ from hypothesis import strategies as st
 from transformers import AttentionInterface
 
 from randommask import KmerTokenizer
-from randommask.analysis import (attention_concentration, attention_row_stats, finetune_comparison,
-                                 kmer_codes, kmer_embedding_stats, loss_dynamics)
-from randommask.config import load_config
 from randommask.errors import UserError
-from randommask.model import build_mlm
-from randommask.train import pretrain
-
-REPO = Path(__file__).resolve().parents[1]
+from randommask.evaluation.analysis import (
+    attention_concentration,
+    attention_row_stats,
+    finetune_comparison,
+    kmer_codes,
+    kmer_embedding_stats,
+    loss_dynamics,
+)
+from randommask.training.model import build_mlm
 
 
 # ---- attention ----------------------------------------------------------------------------------
@@ -162,72 +160,3 @@ def test_finetune_comparison_table(tmp_path):
     assert r["a_better"] == 1 and r["b_better"] == 1 and r["mean_difference"] == pytest.approx(0.015)
     with pytest.raises(UserError, match="no results.json"):
         finetune_comparison(a, str(tmp_path / "missing"))
-
-
-# ---- end to end -------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def two_tiny_runs(prepared, tmp_path_factory):
-    """RandomMask and DNABERT-style span masking, otherwise identical, equal length."""
-    root = tmp_path_factory.mktemp("analysis")
-    common = [f"data.prepared={prepared}", f"run.storage_path={root / 'runs'}", "optim.max_steps=60",
-              "masking.phase_ends=[12,24,36,48,60]", "run.eval_every=20", "run.checkpoint_every=60",
-              "run.eval_windows=32", "observability.progress=false"]
-    tiny = REPO / "jobs" / "configs" / "pretrain-tiny.yaml"
-    pretrain(load_config(tiny, [*common, "run.name=randommask"]))
-    pretrain(load_config(tiny, [*common, "run.name=span", "masking.strategy=span", "masking.phase_ends=null",
-                                "masking.sampling=null"]))
-    return root / "runs" / "randommask", root / "runs" / "span", prepared
-
-
-@pytest.mark.ray
-def test_analyze_compares_two_real_tiny_runs(two_tiny_runs, tmp_path):
-    rm, span, _ = two_tiny_runs
-    out = tmp_path / "report"
-    res = subprocess.run([sys.executable, "-m", "randommask", "analyze", str(rm), "--compare", str(span / "final"),
-                          "--windows", "24", "--batch-size", "8", "--no-progress", "--out", str(out)],
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "report.html" in res.stdout
-    report = json.loads((out / "report.json").read_text())
-    runs = {r["label"]: r for r in report["runs"]}
-    assert set(runs) == {"randommask", "span"}
-    for r in runs.values():
-        assert r["loss"]["steps"] == 60 and r["loss"]["final_eval_span_k_loss"] > 0
-        assert r["loss"]["loss_key"] == "mask_loss" and r["loss"]["final_eval_span_k_mask_loss"] > 0
-        assert r["floors"]["context_free"] == pytest.approx(8.17, abs=0.03)  # the run's floors.json
-        assert r["loss"]["floor_context_free"] == r["floors"]["context_free"] and "collapse_progress" in r["loss"]
-        att = np.array(r["attention"]["entropy"])
-        assert att.shape == (2, 2) and np.all((att >= 0) & (att <= 1))
-        assert r["attention"]["windows"] == 24 and r["attention"]["tokens_per_window"] == 125
-        assert -1 <= r["embeddings"]["silhouette_central"] <= 1 and 0 <= r["embeddings"]["knn_central"] <= 1
-    # the span boundary widens for RandomMask only
-    assert [j["span"] for j in runs["randommask"]["loss"]["phase_jumps"]] == [8, 10, 12, 14]
-    assert runs["span"]["loss"]["phase_jumps"] == []
-    assert report["window_bp"] == 128  # from the run's own config
-    for name in ("loss_dynamics.png", "kmer_embeddings.png", "attention.png"):
-        img = matplotlib.image.imread(out / name)
-        assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 600
-    page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "randommask" in page and "span" in page
-    assert "context-free floor" in page and "collapse progress" in page
-
-
-@pytest.mark.ray
-def test_analyze_bad_inputs_are_one_line(two_tiny_runs, tmp_path):
-    rm, _, _ = two_tiny_runs
-
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "randommask", "analyze", *args, "--no-progress",
-                               "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
-
-    res = run(str(tmp_path / "nowhere"))
-    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no such directory" in res.stderr
-    res = run(str(rm), "--window-bp", "4000")
-    assert res.returncode == 2 and "more than the model's 512 positions" in res.stderr
-    # a bare checkpoint with no run and no --prepared: the report still comes, attention is skipped
-    bare = tmp_path / "bare"
-    build_mlm("tiny").save_pretrained(bare)
-    KmerTokenizer(6).save_pretrained(bare)
-    res = run(str(bare))
-    assert res.returncode == 0 and "attention: skipped" in res.stdout
-    assert json.loads((tmp_path / "r" / "report.json").read_text())["runs"][0]["loss"] is None

@@ -11,23 +11,21 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import pytest
+import tomllib
 import yaml
 
+from conftest import REPO, SHARED
 from randommask.cli import build_parser
-from randommask.config import load_config
-from randommask.observability import CONTROLLER_GAUGES, GAUGES, controller_figures
-from randommask.tune import load_sweep
+from randommask.sweep.driver import load_sweep
+from randommask.training.config import load_config
+from randommask.training.observability import CONTROLLER_GAUGES, GAUGES, controller_figures
 
-from conftest import SHARED
-
-REPO = Path(__file__).resolve().parents[1]
 KUBECTL = Path(sys.executable).parent / "kubectl"
 CRDS = SHARED / "kuberay-crds"
 CRD_SOURCES = {  # folder in ../shared, file pattern, the version our manifests use
@@ -193,7 +191,7 @@ def test_core_objects_and_every_pod_template_validate_against_kubernetes_schemas
         if obj["apiVersion"] in ("v1", "apps/v1"):
             kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
             checked += 1
-        for where, pod in pod_specs(obj):  # the CRDs embed pod templates; check them as real Pods too
+        for _where, pod in pod_specs(obj):  # the CRDs embed pod templates; check them as real Pods too
             kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": pod},
                                          K8S_VERSION, strict=True)
             checked += 1

@@ -4,15 +4,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from randommask.hardware import peak_bf16_flops
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+from randommask.common.hardware import peak_bf16_flops
 
 # Importing either of these fails in the check's process, as on a machine that lacks them.
 RUN = ("import sys; sys.modules['ray'] = None; sys.modules['pydantic'] = None; "
-       "from randommask.gpu_check import main; sys.exit(main(sys.argv[1:]))")
+       "from randommask.tools.gpu_check import main; sys.exit(main(sys.argv[1:]))")
 
 
 def test_every_check_runs_on_the_cpu_without_ray_or_pydantic():

@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from randommask.masking import PAPER_PHASE_ENDS, cover_spans, make_masker
-from randommask.tokenizer import CLS, MASK, NUM_SPECIAL, PAD, SEP, UNK
+from randommask.data.tokenizer import CLS, MASK, NUM_SPECIAL, PAD, SEP, UNK
+from randommask.training.masking import PAPER_PHASE_ENDS, cover_spans, make_masker
 
 K = 6
 VOCAB = 4**K + NUM_SPECIAL

@@ -3,7 +3,7 @@
 import io
 import os
 
-from randommask.progress import PlainProgress, progress
+from randommask.common.progress import PlainProgress, progress
 
 
 def test_plain_lines_in_a_log_and_a_bar_on_a_terminal():

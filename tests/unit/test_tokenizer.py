@@ -7,8 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from randommask import KmerTokenizer
-from randommask.tokenizer import (
-    CLS, PAD, SEP, UNK, codes_from_bytes, kmer_ids_from_codes, reverse_complement_codes,
+from randommask.data.tokenizer import (
+    CLS,
+    PAD,
+    SEP,
+    UNK,
+    codes_from_bytes,
+    kmer_ids_from_codes,
+    reverse_complement_codes,
 )
 
 DNA = "ACGTacgtNnRYKMSWBDHV-*"

@@ -16,7 +16,8 @@ import random
 import shutil
 import tempfile
 import time
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import fsspec
 import s3fs
@@ -288,33 +289,31 @@ def atomic_local(path: str, directory: bool = False) -> Iterator[str]:
         raise
 
 
-def write_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> None:
-    """Write an object whole: local files atomically (``atomic_local``), S3 objects by one PUT (atomic
-    by the protocol). Readers never see a partial file."""
+def _write_whole(uri: str, storage_options: dict | None, fill: Callable[[str], Any],
+                 upload: Callable[[Any, str], Any]) -> None:
+    """Locally: ``fill(tmp)`` writes a temporary sibling that is renamed into place (``atomic_local``);
+    on object storage ``upload(fs, path)`` writes the object in one PUT (atomic by the protocol)."""
     scheme, path = split_uri(uri)
     if scheme == "file":
-        with atomic_local(path) as tmp, open(tmp, "wb") as f:
-            f.write(data)
+        with atomic_local(path) as tmp:
+            fill(tmp)
         return
     fs, path = filesystem(uri, storage_options)
     try:
-        fs.pipe_file(path, data)
+        upload(fs, path)
     except Exception as e:
         raise UserError(describe_error(e, uri)) from None
+
+
+def write_bytes(uri: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write an object whole; readers never see a partial file."""
+    _write_whole(uri, storage_options, lambda tmp: Path(tmp).write_bytes(data), lambda fs, p: fs.pipe_file(p, data))
 
 
 def put_file(local_path: str, uri: str, storage_options: dict | None = None) -> None:
     """Upload (or atomically copy, for a local destination) a finished local file."""
-    scheme, path = split_uri(uri)
-    if scheme == "file":
-        with atomic_local(path) as tmp:
-            shutil.copyfile(local_path, tmp)
-        return
-    fs, path = filesystem(uri, storage_options)
-    try:
-        fs.put_file(local_path, path)
-    except Exception as e:
-        raise UserError(describe_error(e, uri)) from None
+    _write_whole(uri, storage_options, lambda tmp: shutil.copyfile(local_path, tmp),
+                 lambda fs, p: fs.put_file(local_path, p))
 
 
 def put_dir(local_dir: str, uri: str, storage_options: dict | None = None) -> None:

@@ -56,7 +56,7 @@ def split_codes(prepared: str, split: str, max_bases: int | None = None,
     return out
 
 
-def _kmer_counts(pieces: list[np.ndarray], k: int, stride: int = 1) -> np.ndarray:
+def kmer_counts(pieces: list[np.ndarray], k: int, stride: int = 1) -> np.ndarray:
     counts = np.zeros(4**k, dtype=np.int64)
     for codes in pieces:
         if len(codes) < k:
@@ -74,8 +74,8 @@ def _entropy(counts: np.ndarray) -> float:
 
 def context_free_floor(train: list[np.ndarray], validation: list[np.ndarray], k: int, stride: int = 1) -> float:
     """Cross-entropy (nats) of validation k-mers under add-one smoothed training k-mer frequencies."""
-    q = _kmer_counts(train, k, stride) + 1.0
-    v = _kmer_counts(validation, k, stride)
+    q = kmer_counts(train, k, stride) + 1.0
+    v = kmer_counts(validation, k, stride)
     if v.sum() == 0:
         raise ValueError("no valid validation k-mer")
     return float(-(v * np.log(q / q.sum())).sum() / v.sum())
@@ -84,7 +84,7 @@ def context_free_floor(train: list[np.ndarray], validation: list[np.ndarray], k:
 def overlap_reference(train: list[np.ndarray], flank: int = FLANK_BP) -> float:
     """Plug-in H(base | ``flank`` bases on each side), nats, on the training split."""
     width = 2 * flank + 1
-    joint = _kmer_counts(train, width).reshape(4**flank, 4, 4**flank)  # (left, middle, right)
+    joint = kmer_counts(train, width).reshape(4**flank, 4, 4**flank)  # (left, middle, right)
     context = joint.sum(axis=1)
     return _entropy(joint.ravel()) - _entropy(context.ravel())
 
@@ -98,7 +98,7 @@ def compute_floors(prepared: str, k: int, stride: int = 1, max_train_bases: int 
                            "overlap_per_base": round(overlap_reference(train), 4), "overlap_flank_bp": FLANK_BP,
                            "train_bases_used": int(sum(len(p) for p in train)),
                            "validation_bases": int(sum(len(p) for p in validation))}
-    if validation and _kmer_counts(validation, k, stride).sum():
+    if validation and kmer_counts(validation, k, stride).sum():
         out["context_free"] = round(context_free_floor(train, validation, k, stride), 4)
     return out
 

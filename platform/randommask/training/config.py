@@ -21,15 +21,21 @@ from randommask.training.masking import PAPER_PHASE_ENDS, STRATEGIES, all_params
 from randommask.training.model import MAX_POSITIONS, PRESETS, build_config
 
 
+def one_of(choices, what: str):
+    """A field validator: the value must be one of ``choices`` (a registry's names)."""
+
+    def check(cls, v: str) -> str:
+        if v not in choices:
+            raise ValueError(f"unknown {what} {v!r}; choose one of {', '.join(choices)}")
+        return v
+
+    return classmethod(check)
+
+
 class MaskingSectionBase(Section):
     strategy: str = "randommask"
 
-    @field_validator("strategy")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in STRATEGIES:
-            raise ValueError(f"unknown strategy {v!r}; choose one of {', '.join(STRATEGIES)}")
-        return v
+    _known = field_validator("strategy")(one_of(STRATEGIES, "strategy"))
 
     def params(self) -> dict[str, Any]:
         """The masker parameters that are set (the rest take make_masker's defaults)."""
@@ -48,12 +54,7 @@ class ModelSection(Section):
     overrides: dict[str, Any] = Field(default_factory=dict, description="BertConfig fields")
     init_from: Optional[str] = Field(None, description="a Hugging Face directory (e.g. a DNABERT checkpoint)")
 
-    @field_validator("preset")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in PRESETS:
-            raise ValueError(f"unknown preset {v!r}; choose one of {', '.join(PRESETS)}")
-        return v
+    _known = field_validator("preset")(one_of(PRESETS, "preset"))
 
 
 class OptimSection(Section):

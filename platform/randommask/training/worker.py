@@ -18,7 +18,6 @@ from typing import Iterator
 
 import torch
 
-from randommask.common.rundir import RunDir
 from randommask.data.stream import pretraining_dataset
 from randommask.data.tokenizer import KmerTokenizer
 from randommask.errors import UserError
@@ -48,7 +47,7 @@ class Worker:
         import ray.train.torch
 
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
-        self.run_dir = RunDir.of(cfg.run.storage_path, cfg.run.name, cfg.data.storage_options)
+        self.run_dir = cfg.run_dir()
         self.tok = KmerTokenizer(cfg.data.k, cfg.data.stride)
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         self.mlm = self._build_model()
@@ -190,7 +189,7 @@ def restart_backoff(cfg: PretrainConfig, launched: float | None) -> float:
     if launched is None:
         return 0.0
     try:
-        events = RunDir.of(cfg.run.storage_path, cfg.run.name, cfg.data.storage_options).read_events()
+        events = cfg.run_dir().read_events()
     except UserError:
         events = []  # storage still down: the first read below retries it anyway
     restarts = sum(1 for e in events if e.get("time", 0) >= launched)

@@ -1,0 +1,135 @@
+"""Fine-tuning through Ray Tune on the real shared GUE data: two trials at once, results and resume, from
+S3 to S3, a checkpoint fetched once per node, a failed trial reported (the registry, protocols, CSV
+validation and single trials are in tests/unit/test_finetune.py)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import GUE_BASELINES, run_cli
+from randommask.common import storage
+from randommask.common.checkpoints import node_checkpoint
+from randommask.errors import UserError
+from randommask.evaluation import gue
+from randommask.finetune import finetune
+from randommask.training.model import build_mlm
+
+
+@pytest.mark.ray
+def test_finetune_through_tune_two_at_once_with_results_and_resume(ray_local, gue_dir, tiny_checkpoint, tmp_path):
+    out = tmp_path / "ft"
+    logs = []
+    # the published protocol on subsampled data: prom_core_tata 10 epochs of 7 steps, tf/2 3 epochs
+    r = finetune(str(tiny_checkpoint), str(gue_dir), "tf/2,prom/prom_core_tata", str(out), seeds=2, max_train=200,
+                 max_eval=100, cpus_per_trial=1, baselines=str(GUE_BASELINES), log=logs.append)
+    assert "4 to run" in logs[0]
+    assert r["protocol"] == "published" and r["selection"] == "dev_loss@eval_steps" and r["precision"] == "fp32"
+    assert "subsampled" in r["not_comparable"]
+    assert [row["dataset"] for row in r["datasets"]] == ["tf/2", "prom/prom_core_tata"]
+    for row in r["datasets"]:
+        assert row["seeds_ok"] == 2 and row["seeds_failed"] == 0
+        assert -1 <= row["score_mean"] <= 1 and row["score_std"] >= 0 and len(row["per_seed"]) == 2
+        assert "baselines" not in row and "rank" not in row  # subsampled: not comparable with the published runs
+    tata = r["datasets"][1]
+    assert tata["hyperparameters"] == gue.REGISTRY["prom/prom_core_tata"].published()
+    # 200 rows / 32 = 7 steps per epoch, under eval_steps 200: evaluated at each of the 10 epoch ends
+    assert tata["ran"][0]["steps"] == 70 and tata["ran"][0]["evaluations"] == 10
+    trials = [json.loads(p.read_text()) for p in sorted((out / "trials").glob("*.json"))]
+    assert len(trials) == 4
+    spans = sorted((t["started"], t["finished"]) for t in trials)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), "no two trials ran at the same time"
+    # The longest trials start first: prom_core_tata's 70 steps before tf/2's 21.
+    assert [t["dataset"] for t in sorted(trials, key=lambda t: t["started"])[:2]] == ["prom/prom_core_tata"] * 2
+    md = (out / "results.md").read_text()
+    assert "| prom/prom_core_tata | mcc |" in md and "±" in md and "overall" in md and "Protocol: **published**" in md
+    assert "Published numbers are not shown: the data were subsampled" in md and "DNABERT-2" not in md
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("dataset,task,metric,protocol,score_mean,score_std") and len(csv_lines) == 3
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["overall"] == pytest.approx(r["overall"]) and "run_dnabert1.sh" in saved["source"]
+
+    # A rerun skips the finished (dataset, seed) pairs and only runs the new seed.
+    before = {p.name: p.stat().st_mtime for p in (out / "trials").iterdir()}
+    logs.clear()
+    r2 = finetune(str(tiny_checkpoint), str(gue_dir), "tf/2,prom/prom_core_tata", str(out), seeds=3, max_train=200,
+                  max_eval=100, log=logs.append)
+    assert "4 already finished, 2 to run" in logs[0]
+    assert all((out / "trials" / n).stat().st_mtime == m for n, m in before.items())
+    assert all(row["seeds_ok"] == 3 for row in r2["datasets"])
+    # ...but never mixes in trials run with other settings or another protocol
+    common = dict(seeds=3, max_train=200, max_eval=100)
+    with pytest.raises(UserError, match="was run with lr=3e-05, not 0.001; use a new --out"):
+        finetune(str(tiny_checkpoint), str(gue_dir), "tf/2,prom/prom_core_tata", str(out), lr=1e-3, **common)
+    with pytest.raises(UserError, match="was run with protocol=published, not fast; use a new --out"):
+        finetune(str(tiny_checkpoint), str(gue_dir), "tf/2,prom/prom_core_tata", str(out), protocol="fast", **common)
+    with pytest.raises(UserError, match="max_train=200, not 300"):
+        finetune(str(tiny_checkpoint), str(gue_dir), "tf/2,prom/prom_core_tata", str(out), **{**common, "max_train": 300})
+
+
+@pytest.mark.ray
+def test_finetune_from_s3_to_s3_skips_finished_trials_on_rerun(ray_local, gue_dir, tiny_checkpoint, s3):
+    """The KubeRay path: checkpoint, GUE data and results all on S3, trials fetch the checkpoint
+    themselves (they may run on other nodes), and a retried job skips what already finished."""
+    bucket = s3.bucket("ft")
+    shutil.copytree(tiny_checkpoint, bucket / "runs" / "r" / "final")
+    shutil.copytree(gue_dir / "mouse" / "2", bucket / "gue" / "mouse" / "2")
+    args = dict(seeds=1, max_train=100, max_eval=50, epochs=1, cpus_per_trial=1)
+    r = finetune("s3://ft/runs/r/final", "s3://ft/gue", "mouse/2", "s3://ft/out", **args, log=lambda *_: None)
+    assert r["datasets"][0]["seeds_ok"] == 1 and r["failed_trials"] == 0
+    out = bucket / "out"
+    assert (out / "trials" / "mouse_2__seed0.json").is_file()
+    assert json.loads((out / "results.json").read_text())["overall"] == pytest.approx(r["overall"])
+    assert "| mouse/2 | mcc |" in (out / "results.md").read_text()
+    first = (out / "trials" / "mouse_2__seed0.json").read_bytes()
+    logs = []
+    r2 = finetune("s3://ft/runs/r/final", "s3://ft/gue", "mouse/2", "s3://ft/out", **{**args, "seeds": 2},
+                  log=logs.append)
+    assert "1 already finished, 1 to run" in logs[0]
+    assert (out / "trials" / "mouse_2__seed0.json").read_bytes() == first
+    assert r2["datasets"][0]["seeds_ok"] == 2
+
+
+def test_a_remote_checkpoint_is_fetched_once_per_node_and_again_when_rewritten(tiny_checkpoint, s3, tmp_path):
+    # through the S3 API, as a run writes it (rclone's own listing cache would hide files made on its disk)
+    fs, _ = storage.filesystem("s3://nodeckpt")
+    fs.mkdir("nodeckpt")
+    fs.put(f"{tiny_checkpoint}/", "nodeckpt/run/final/", recursive=True)
+    first = node_checkpoint("s3://nodeckpt/run/final")
+    assert node_checkpoint("s3://nodeckpt/run/final") == first  # cached on this node
+    torch.manual_seed(1)
+    build_mlm("tiny").save_pretrained(tmp_path / "new")
+    fs.put_file(str(tmp_path / "new" / "model.safetensors"), "nodeckpt/run/final/model.safetensors")  # rewritten
+    second = node_checkpoint("s3://nodeckpt/run/final")
+    assert second != first
+    assert (Path(second) / "model.safetensors").read_bytes() == (tmp_path / "new" / "model.safetensors").read_bytes()
+    with pytest.raises(UserError, match="no such checkpoint"):
+        node_checkpoint("s3://nodeckpt/absent")
+
+
+@pytest.mark.ray
+def test_failed_trial_is_reported_not_hidden(ray_local, gue_dir, tiny_checkpoint, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    out = tmp_path / "ft"
+    res = run_cli("finetune", "--checkpoint", broken, "--gue-dir", gue_dir, "--tasks", "mouse/2", "--seeds", "1",
+                  "--max-train", "50", "--epochs", "1", "--out", out)
+    assert res.returncode == 2 and "1 trial(s) failed" in res.stderr
+    row = json.loads((out / "results.json").read_text())["datasets"][0]
+    assert row["seeds_failed"] == 1 and row["errors"]
+    assert "Failed trials" in (out / "results.md").read_text()
+
+
+def test_all_mode_skips_missing_and_by_name_missing_is_an_error(gue_dir, tiny_checkpoint, tmp_path, ray_local):
+    partial = tmp_path / "GUE"
+    shutil.copytree(gue_dir / "prom" / "prom_core_tata", partial / "prom" / "prom_core_tata")
+    with pytest.raises(UserError, match="missing GUE dataset.*tf/0"):
+        finetune(str(tiny_checkpoint), str(partial), "tf/0,prom/prom_core_tata", str(tmp_path / "a"))
+    logs = []
+    r = finetune(str(tiny_checkpoint), str(partial), "all", str(tmp_path / "b"), seeds=1, max_train=50, max_eval=50,
+                 epochs=1, log=logs.append)
+    assert "skipping 27 dataset(s)" in logs[0]
+    assert [row["dataset"] for row in r["datasets"]] == ["prom/prom_core_tata"]

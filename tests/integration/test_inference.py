@@ -1,0 +1,186 @@
+"""Inference on a real Ray cluster: embeddings against a direct transformers forward, variant scores
+(their algebra, edge cases, and signal from a model pretrained here), both commands through the CLI
+from and to the local S3 server (genome access, regions and tiles are in tests/unit/test_inference.py)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import random_dna, run_cli, write_fasta
+from randommask import KmerTokenizer
+from randommask.errors import UserError
+from randommask.inference import fasta as fasta_io
+from randommask.inference.embed import embed
+from randommask.inference.regions import tiles
+from randommask.inference.variants import score_variants
+
+QUIET = lambda *_: None  # noqa: E731
+CHROM = "chrT"
+pytestmark = pytest.mark.usefixtures("own_cache")
+
+
+@pytest.fixture(scope="module")
+def genome(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    contigs = {CHROM: random_dna(3000), "chrN": random_dna(200, 1)[:80] + "N" * 40 + random_dna(200, 2)[:80]}
+    return write_fasta(tmp_path_factory.mktemp("genome") / "g.fa", contigs), contigs
+
+
+def _variants_file(path: Path, rows: list[tuple]) -> Path:
+    path.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n" +
+                    "".join(f"{c}\t{p}\t{i}\t{r}\t{a}\t.\t.\t.\n" for c, p, i, r, a in rows))
+    return path
+
+
+def _table(out: Path, key: str = "id"):
+    return {row[key]: row for row in pq.read_table(out).to_pylist()}
+
+
+@pytest.mark.ray
+def test_scores_are_antisymmetric_zero_for_ref_and_handle_edges_ns_and_mismatches(ray_local, genome,
+                                                                                  tiny_checkpoint, tmp_path):
+    path, contigs = genome
+    seq = contigs[CHROM]
+    other = {"A": "G", "C": "T", "G": "A", "T": "C"}
+    rows = [(CHROM, p, f"v{p}", seq[p - 1], other[seq[p - 1]]) for p in (1, 3, 6, 7, 1500, 2995, 3000)]
+    rows += [(CHROM, 1500, "same", seq[1499], seq[1499]), (CHROM, 700, "mismatch", other[seq[699]], seq[699]),
+             ("chrN", 100, "in-N", "N", "A"), ("chrN", 78, "near-N", contigs["chrN"][77], "A"),
+             ("chrN", 40, "clear", contigs["chrN"][39], other[contigs["chrN"][39]])]
+    out = tmp_path / "scores"
+    s = score_variants(str(tiny_checkpoint), str(path), str(_variants_file(tmp_path / "v.vcf", rows)), str(out),
+                       window_bp=128, batch_size=4, log=QUIET)
+    t = _table(out)
+    assert s["scored"] + s["errors"] == len(rows) and s["errors"] == 3
+    for p in (1, 3, 6, 7, 1500, 2995, 3000, 40):  # contig ends too: fewer tokens cover the base there
+        row = t[f"v{p}"] if p != 40 else t["clear"]
+        assert row["error"] == "" and np.isfinite(row["llr"]), row
+        assert row["llr"] == pytest.approx(np.log(row["p_alt"]) - np.log(row["p_ref"]), abs=1e-9)
+        assert 0 < row["p_ref"] < 1 and 0 <= row["entropy"] <= np.log(4) + 1e-9
+    assert t["same"]["llr"] == 0.0
+    assert "does not match the genome" in t["mismatch"]["error"] and t["mismatch"]["llr"] is None
+    assert t["in-N"]["llr"] is None and t["in-N"]["error"]
+    assert t["near-N"]["llr"] is None and "an N within 5 bases" in t["near-N"]["error"]
+    # Antisymmetry: the genome edited to carry each alt, scored back to the reference allele.
+    edited = dict(contigs)
+    chars = list(seq)
+    for p in (7, 1500, 2995):
+        chars[p - 1] = other[seq[p - 1]]
+    edited[CHROM] = "".join(chars)
+    path2 = write_fasta(tmp_path / "edited.fa", edited)
+    back = [(CHROM, p, f"v{p}", other[seq[p - 1]], seq[p - 1]) for p in (7, 1500, 2995)]
+    out2 = tmp_path / "scores-back"
+    score_variants(str(tiny_checkpoint), str(path2), str(_variants_file(tmp_path / "b.vcf", back)), str(out2),
+                   window_bp=128, log=QUIET)
+    t2 = _table(out2)
+    for p in (7, 1500, 2995):
+        assert t2[f"v{p}"]["llr"] == pytest.approx(-t[f"v{p}"]["llr"], abs=1e-6)
+    # A rerun skips what is written; OUT holds only Parquet files.
+    again = score_variants(str(tiny_checkpoint), str(path), str(tmp_path / "v.vcf"), str(out), window_bp=128, log=QUIET)
+    assert again["skipped_done"] == len(rows) and again["seconds"] == 0.0
+    assert all(p.suffix == ".parquet" for p in out.iterdir())
+
+
+# ---- embeddings ---------------------------------------------------------------------------------
+def _direct_mean(model_dir: Path, seq: str) -> np.ndarray:
+    from transformers import BertModel
+
+    model = BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
+    ids = torch.tensor([KmerTokenizer.from_pretrained(model_dir).encode(seq)])
+    with torch.no_grad():
+        hidden = model(input_ids=ids).last_hidden_state[0]
+    return hidden[1:-1].mean(0).numpy(), hidden
+
+
+@pytest.mark.ray
+def test_embeddings_equal_a_direct_forward_tile_long_regions_and_resume(ray_local, genome, tiny_checkpoint, tmp_path):
+    path, contigs = genome
+    seq = contigs[CHROM]
+    bed = tmp_path / "r.bed"
+    bed.write_text(f"{CHROM}\t100\t400\tshort\n{CHROM}\t0\t3000\twhole\n{CHROM}\t2900\t3000\tend\n")
+    out = tmp_path / "emb"
+    s = embed(str(tiny_checkpoint), str(path), str(bed), str(out), batch_size=2, window_bp=300, log=QUIET)
+    assert s["embedded"] == 3 and s["dim"] == 64
+    table = pq.read_table(out)
+    assert table.schema.field("embedding").type.list_size == 64 and str(table.schema.field("embedding").type
+                                                                      .value_type) == "float"
+    assert [n for n in table.schema.names if "emb" in n] == ["embedding"]
+    assert {"chrom", "start", "end", "name"} <= set(table.schema.names)
+    rows = {r["name"]: r for r in table.to_pylist()}
+    want, _ = _direct_mean(tiny_checkpoint, seq[100:400])
+    np.testing.assert_allclose(rows["short"]["embedding"], want, atol=1e-5)
+    np.testing.assert_allclose(rows["end"]["embedding"], _direct_mean(tiny_checkpoint, seq[2900:3000])[0], atol=1e-5)
+    # 3,000 bp in tiles of 295 6-mers (window 300 bp), overlapping by 5 bases: the mean over every k-mer once
+    sums, count = 0, 0
+    for a, b in tiles(3000, 295, 6):
+        _, hidden = _direct_mean(tiny_checkpoint, seq[a:b])
+        sums, count = sums + hidden[1:-1].sum(0).numpy(), count + (b - a - 5)
+    np.testing.assert_allclose(rows["whole"]["embedding"], sums / count, atol=1e-5)
+    assert count == 3000 - 5
+    # --no-tile refuses, in one line; a rerun skips what is there
+    with pytest.raises(UserError, match="--no-tile: region whole .* needs 2995 k-mer tokens, the model takes 295"):
+        embed(str(tiny_checkpoint), str(path), str(bed), str(tmp_path / "no"), window_bp=300, tile=False, log=QUIET)
+    again = embed(str(tiny_checkpoint), str(path), str(bed), str(out), window_bp=300, log=QUIET)
+    assert again["skipped"] == 3 and again["embedded"] == 0
+    assert all(p.suffix == ".parquet" for p in out.iterdir())
+
+
+@pytest.mark.ray
+def test_both_commands_from_s3_through_the_cli(ray_local, s3, genome, tiny_checkpoint, tmp_path):
+    """The FASTA (plain gzip), BED, VCF and checkpoint on the S3 server, the results written back there."""
+    path, contigs = genome
+    bucket = s3.bucket("inference")
+    (bucket / "g.fa.gz").write_bytes(gzip.compress(path.read_bytes()))
+    shutil.copytree(tiny_checkpoint, bucket / "model")
+    (bucket / "r.bed").write_text(f"{CHROM}\t0\t500\tfirst\n{CHROM}\t1000\t1600\tsecond\n")
+    seq = contigs[CHROM]
+    _variants_file(bucket / "v.vcf", [(CHROM, 321, "x", seq[320], "A" if seq[320] != "A" else "C")])
+    # the commands join the session's Ray cluster (as under `ray job submit`) instead of starting their own
+    env = {**os.environ, "RANDOMMASK_CACHE": str(tmp_path / "node-cache"), "RAY_AUTH_MODE": "token",
+           "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    res = run_cli("embed", "s3://inference/model", "--fasta", "s3://inference/g.fa.gz", "--regions",
+                  "s3://inference/r.bed", "--out", "s3://inference/emb", "--window-bp", "200", timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "embedded 2 region(s)" in res.stdout and "fetching s3://inference/g.fa.gz" in res.stdout + res.stderr
+    assert "plain gzip" in res.stdout + res.stderr
+    names = [p.name for p in (bucket / "emb").iterdir()]
+    assert names and all(n.endswith(".parquet") for n in names)
+    res = run_cli("score-variants", "s3://inference/model", "--fasta", "s3://inference/g.fa.gz", "--vcf",
+                  "s3://inference/v.vcf", "--out", "s3://inference/scores", "--window-bp", "128", timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "scored   1 SNV(s), 0 reported with an error" in res.stdout
+    row = pq.read_table(bucket / "scores").to_pylist()[0]
+    assert row["error"] == "" and row["pos"] == 321 and np.isfinite(row["llr"])
+    res = run_cli("embed", "s3://inference/model", "--fasta", "s3://inference/g.fa.gz", "--regions",
+                  "s3://inference/absent.bed", "--out", "s3://inference/x", env=env)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "absent.bed" in res.stderr
+
+
+@pytest.mark.ray
+def test_a_model_pretrained_here_predicts_held_out_reference_bases_above_chance(tiny_run, prepared, tmp_path, ecoli):
+    """A short pretraining on E. coli (the tiny test config, 150 steps, shared with test_pretrain.py),
+    then the reference base's posterior at random positions of the validation blocks, which
+    pretraining never saw."""
+    run, _, cfg = tiny_run
+    manifest = json.loads(Path(prepared, "manifest.json").read_text())
+    name = manifest["records"][0]["name"]
+    fa = fasta_io.open_fasta(str(ecoli), log=QUIET)
+    rng = np.random.default_rng(0)
+    rows = []
+    for block in manifest["validation"]:
+        for p in rng.integers(block["start"] + 64, block["end"] - 64, size=40):
+            ref = fa[name][int(p)].upper()
+            rows.append((name, int(p) + 1, f"p{p}", ref, "A" if ref != "A" else "C"))
+    out = tmp_path / "scores"
+    score_variants(str(run / "final"), str(ecoli), str(_variants_file(tmp_path / "v.vcf", rows)),
+                   str(out), window_bp=cfg.data.window_bp, log=QUIET)
+    p_ref = np.array([r["p_ref"] for r in pq.read_table(out).to_pylist()])
+    assert len(p_ref) == len(rows) and np.isfinite(p_ref).all()
+    assert p_ref.mean() > 0.25 + 3 * p_ref.std() / np.sqrt(len(p_ref)), p_ref.mean()  # chance is 0.25

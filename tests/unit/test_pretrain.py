@@ -1,0 +1,35 @@
+"""Pretraining configs that cannot run: one line on stderr, exit status 2, nothing started or written
+(the pretraining runs are in tests/integration/test_pretrain.py)."""
+
+import pytest
+
+from conftest import TINY_CONFIG, run_cli, run_main
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optim.lr=-1"], "optim.lr: Input should be greater than 0"),
+    (["optim.max_stepz=10"], "optim.max_stepz: unknown key"),
+    (["masking.phase_ends=[30,10]"], "strictly increasing"),
+    (["masking.strategy=whole"], "masking.strategy"),
+    (["model.preset=huge"], "unknown preset"),
+    (["data.window_bp=2000"], "more than the model's 512 positions"),
+    (["data.storage_options={secret: x}"], "credentials never go in a config"),
+    (["optim.lr"], "expected key=value"),
+])
+def test_bad_config_is_one_line_and_starts_nothing(tmp_path, capsys, overrides, message):
+    args = ["pretrain", "--config", TINY_CONFIG, "--set", f"run.storage_path={tmp_path / 'runs'}"]
+    for o in overrides:
+        args += ["--set", o]
+    code, _, err = run_main(capsys, *args)
+    assert code == 2
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_config_and_bad_yaml(tmp_path, capsys):
+    code, _, err = run_main(capsys, "pretrain", "--config", tmp_path / "none.yaml")
+    assert code == 2 and "not found" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    out = run_cli("pretrain", "--config", bad)  # a real process: no warning or traceback beside the line
+    assert out.returncode == 2 and "not valid YAML" in out.stderr and out.stderr.count("\n") == 1, out.stderr
