@@ -3,7 +3,7 @@ kernel benchmarks and one-line errors are in tests/unit/test_cli.py)."""
 
 import json
 
-from conftest import run_cli
+from conftest import jsonl, run_cli
 
 
 def test_demo_prepares_and_pretrains_on_the_real_genome(ecoli, tmp_path):
@@ -22,6 +22,8 @@ def test_demo_prepares_and_pretrains_on_the_real_genome(ecoli, tmp_path):
     assert "nats below the context-free floor" in out.stdout
     final = next((tmp_path / "outputs" / "runs").glob("demo-*/final"))
     assert (final / "model.safetensors").exists() and (final / "vocab.txt").exists()
+    # The demo's one worker computes on both cores (scaling.torch_threads), not on Ray's one-CPU default.
+    assert [e["torch_threads"] for e in jsonl(final.parent / "events.jsonl")] == [2]
 
 
 def test_bench_pipeline_streams_from_a_local_s3_server(ecoli):

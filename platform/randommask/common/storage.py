@@ -275,9 +275,10 @@ def atomic_local(path: str, directory: bool = False) -> Iterator[str]:
     else:
         fd, tmp = tempfile.mkstemp(dir=parent, prefix=".tmp-")
         os.close(fd)
-    os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)  # mkstemp's 0600 would hide it from other readers
     try:
         yield tmp
+        # mkstemp's 0600 (and a copied temporary directory's 0700) would hide it from other readers
+        os.chmod(tmp, (0o777 if directory else 0o666) & ~umask)
         if directory and os.path.isdir(path):
             shutil.rmtree(path)  # a directory cannot be renamed onto a non-empty one
         os.replace(tmp, path)

@@ -79,6 +79,9 @@ class ScalingSection(Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(1.0, gt=0)
     compile: bool = Field(False, description="torch.compile the model (CUDA)")
+    torch_threads: Optional[int] = Field(None, ge=1, description="torch threads per worker; default: Ray's, one per "
+                                         "CPU the worker reserves. More than that shares cores with the data tasks "
+                                         "(the CPU demo gives its one worker both cores)")
 
 
 class RunSection(Section):

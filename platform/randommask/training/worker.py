@@ -155,7 +155,8 @@ class Worker:
         s = self.state
         kind = "resume" if self.resumed_from is not None else "start"
         self.run_dir.append_event({"event": kind, "step": s.step, "epoch": s.position["epoch"],
-                                   "sample": s.position["sample"], "workers": self.world, "time": round(time.time(), 1)})
+                                   "sample": s.position["sample"], "workers": self.world,
+                                   "torch_threads": torch.get_num_threads(), "time": round(time.time(), 1)})
         self.run_dir.write_config(dump_config(self.cfg))
         if kind == "resume":
             print(f"[{self.cfg.run.name}] resumed from step {s.step} (epoch {s.position['epoch']}, "
@@ -206,6 +207,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     _quiet_worker_logs()
     cfg = PretrainConfig.model_validate(loop_config["config"])
+    if cfg.scaling.torch_threads:
+        torch.set_num_threads(cfg.scaling.torch_threads)
     restart_backoff(cfg, loop_config.get("launched"))
     ctx = ray.train.get_context()
     Worker(cfg, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(),
