@@ -3,6 +3,7 @@ on constructed cases are in tests/unit/test_analysis.py)."""
 
 import json
 import shutil
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -74,3 +75,18 @@ def test_analyze_bad_inputs_are_one_line(two_tiny_runs, tiny_checkpoint, tmp_pat
     res = run(str(bare))
     assert res.returncode == 0 and "attention: skipped" in res.stdout
     assert json.loads((tmp_path / "r" / "report.json").read_text())["runs"][0]["loss"] is None
+
+
+@pytest.mark.ray
+def test_a_run_on_s3_loads_with_the_endpoint_given_as_an_option(two_tiny_runs, s3, monkeypatch):
+    """`analyze s3://... --endpoint-url URL` with no AWS_ENDPOINT_URL: the run's metrics, config and
+    floors are read with the endpoint given (they once went through a reader that took no options)."""
+    from randommask.evaluation.analysis import load_source
+
+    rm, _, _ = two_tiny_runs
+    shutil.copytree(rm, s3.bucket("analysis-runs") / "randommask")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    source = load_source("s3://analysis-runs/randommask", storage_options={"endpoint_url": s3.endpoint})
+    assert source.history and source.history[-1]["step"] == 60
+    assert source.config["run"]["name"] == "randommask" and source.floors["context_free"] > 0
+    assert (Path(source.model_dir) / "config.json").is_file()
