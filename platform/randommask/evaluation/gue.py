@@ -22,7 +22,7 @@ SPLITS = ("train", "dev", "test")
 
 # Where the published protocol comes from. DNABERT-2's GUE table (the baselines we print) was made
 # with these scripts; every per-dataset value below is typed in from the k-mer one and tested
-# against a table kept in tests/test_finetune.py.
+# against a table kept in tests/unit/test_finetune.py.
 PUBLISHED_SOURCE = ("MAGICS-LAB/DNABERT_2 finetune/scripts/run_dnabert1.sh (commit b946321) and finetune/train.py; "
                     "effective batch from its README: 8 per device x 4 GPUs (DataParallel) = 32, x 4 gradient "
                     "accumulation for covid")
