@@ -55,7 +55,8 @@ def test_l0_sanity_the_k3_positive_control_learns_from_context(prepared, tmp_pat
     asserted (1.0 nat) leaves room for a later escape from the plateau."""
     cfg = load_config(K3, [f"data.prepared={prepared}", f"run.storage_path={tmp_path}", "run.name=l0",
                            "observability.progress=false", "optim.max_steps=1200", "optim.decay_start=900",
-                           "run.eval_every=300", "run.checkpoint_every=1200", "run.eval_windows=1024"])
+                           "run.eval_every=300", "run.checkpoint_every=1200", "run.eval_windows=1024",
+                           "scaling.torch_threads=2"])  # the suite's longest test: both cores, as the demo
     summary = pretrain(cfg)
     floors = summary["floors"]
     assert floors["k"] == 3 and floors["context_free"] == pytest.approx(4.12, abs=0.02)
