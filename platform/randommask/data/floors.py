@@ -12,7 +12,16 @@
   reference is scaled by the bases its [MASK] positions really hide (:func:`eval_reference`):
   spans clipped at window edges and wider spans hide more, a kept token inside a span shows its base.
 
-All are in nats, per [MASK] position. Runs write them to ``<run>/floors.json``.
+Beside them, the references of the per-base loss (``training.baseloss``), in nats per hidden base:
+
+- **Base tables** (``base_table``, keyed by m = 1..4): the held-out loss of a count table that
+  predicts a base from m bases on each side (add-one smoothed counts of the training split, scored
+  on the validation split). A model knows DNA beyond counting when its per-base loss is below the
+  best of them. Chance is ln 4.
+- **Overlap-only** (``overlap_only_span_k``, ``overlap_only_span_2k``, made by the driver): the
+  [MASK]-only token loss of a perfect overlap reader that knows no DNA, ln 4 per hidden base.
+
+The others are in nats, per [MASK] position. Runs write them to ``<run>/floors.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ if TYPE_CHECKING:  # torch is imported where the tensors are made, not at module
 
 FLANK_BP = 3  # 4**6 flank contexts x 4 bases: well sampled on a bacterial genome (~300 per cell)
 PIECE_BP = 1 << 20
+BASE_TABLE_FLANKS = (1, 2, 3, 4)  # m bases each side: 4**(2m) contexts; m = 4 is ~17 training counts each on E. coli
 
 
 def split_codes(prepared: str, split: str, max_bases: int | None = None,
@@ -89,6 +99,21 @@ def overlap_reference(train: list[np.ndarray], flank: int = FLANK_BP) -> float:
     return _entropy(joint.ravel()) - _entropy(context.ravel())
 
 
+def base_table(train: list[np.ndarray], flank: int) -> np.ndarray:
+    """log P(base | ``flank`` bases on each side), add-one smoothed counts of the training split:
+    a (4**flank, 4, 4**flank) array indexed (left, middle, right) as k-mer ids are, first base most
+    significant."""
+    joint = kmer_counts(train, 2 * flank + 1).reshape(4**flank, 4, 4**flank) + 1.0
+    return np.log(joint / joint.sum(axis=1, keepdims=True))
+
+
+def base_table_loss(train: list[np.ndarray], validation: list[np.ndarray], flank: int) -> float:
+    """Held-out nats per base of :func:`base_table` on the validation split's bases with ``flank``
+    valid bases on each side."""
+    held_out = kmer_counts(validation, 2 * flank + 1)
+    return float(-(held_out * base_table(train, flank).ravel()).sum() / held_out.sum())
+
+
 def compute_floors(prepared: str, k: int, stride: int = 1, max_train_bases: int = 64 << 20,
                    storage_options: dict | None = None) -> dict[str, Any]:
     """The data's references for ``k``-mers of a prepared dataset (see the module's docstring)."""
@@ -100,6 +125,9 @@ def compute_floors(prepared: str, k: int, stride: int = 1, max_train_bases: int 
                            "validation_bases": int(sum(len(p) for p in validation))}
     if validation and kmer_counts(validation, k, stride).sum():
         out["context_free"] = round(context_free_floor(train, validation, k, stride), 4)
+    out["base_table"] = None
+    if validation and kmer_counts(validation, 2 * max(BASE_TABLE_FLANKS) + 1).sum():
+        out["base_table"] = {str(m): round(base_table_loss(train, validation, m), 4) for m in BASE_TABLE_FLANKS}
     return out
 
 
@@ -128,28 +156,37 @@ def floor_lines(floors: dict | None, eval_set: str = "span_k") -> list[tuple[flo
     return lines
 
 
+def visible_bases(shows: "torch.Tensor", k: int, stride: int = 1) -> "torch.Tensor":
+    """(B, n_bases) bool: which bases of each window some showing token covers. ``shows`` (B, L) says
+    which tokens show their bases; token i >= 1 is the k-mer at base (i - 1) * stride, and the window
+    has (L - 3) * stride + k bases ([CLS] and [SEP] hold none)."""
+    import torch
+
+    batch, length = shows.shape
+    n_bases = (length - 3) * stride + k
+    start = ((torch.arange(length, device=shows.device) - 1).clamp(min=0) * stride).clamp(max=n_bases)
+    ones = (shows & (torch.arange(length, device=shows.device) >= 1)).to(torch.int32)
+    diff = torch.zeros(batch, n_bases + 1, dtype=torch.int32, device=shows.device)
+    diff.scatter_add_(1, start.expand(batch, length), ones)
+    diff.scatter_add_(1, (start + k).clamp(max=n_bases).expand(batch, length), -ones)
+    return diff.cumsum(1)[:, :n_bases] > 0
+
+
 def hidden_bases(inputs: "torch.Tensor", labels: "torch.Tensor", k: int, stride: int = 1) -> "torch.Tensor":
     """Per labelled position, how many bases of its k-mer no visible token shows (long, (B, L)).
 
     A token shows its bases when its input is its true k-mer: unselected k-mers and kept ones. A
-    [MASK] or random replacement shows nothing, nor do special tokens. Token i >= 1 is the k-mer at
-    base (i - 1) * stride.
+    [MASK] or random replacement shows nothing, nor do special tokens.
     """
     import torch
 
-    batch, length = inputs.shape
     truth = torch.where(labels == -100, inputs, labels)
-    shows = (inputs == truth) & (inputs >= NUM_SPECIAL)
-    shows[:, 0] = False
-    n_bases = (length - 3) * stride + k  # the window's bases ([CLS] and [SEP] hold none)
-    start = (torch.arange(length) - 1).clamp(min=0) * stride
-    diff = torch.zeros(batch, n_bases + 1, dtype=torch.int32)
-    ones = shows.to(torch.int32)
-    diff.scatter_add_(1, start.clamp(max=n_bases).expand(batch, length), ones)
-    diff.scatter_add_(1, (start + k).clamp(max=n_bases).expand(batch, length), -ones)
-    hidden = (diff.cumsum(1)[:, :n_bases] == 0).to(torch.int32)
+    hidden = (~visible_bases((inputs == truth) & (inputs >= NUM_SPECIAL), k, stride)).to(torch.int32)
+    batch, length = inputs.shape
+    n_bases = hidden.shape[1]
     csum = torch.zeros(batch, n_bases + 1, dtype=torch.int32)
     csum[:, 1:] = hidden.cumsum(1)
+    start = (torch.arange(length) - 1).clamp(min=0) * stride
     lo, hi = start.clamp(max=n_bases), (start + k).clamp(max=n_bases)
     per_token = csum[:, hi] - csum[:, lo]
     return torch.where(labels != -100, per_token, 0).long()

@@ -5,6 +5,7 @@ summarizes the run directory (``common.rundir`` has its layout).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -157,7 +158,8 @@ def summarize(cfg: PretrainConfig, seconds: float) -> dict[str, Any]:
 
 # ---- the floors the losses are read against -----------------------------------------------------
 def run_floors(cfg: PretrainConfig) -> dict[str, Any]:
-    """The data's floors (randommask.data.floors) and each evaluation set's overlap reference."""
+    """The data's floors (randommask.data.floors) and each evaluation set's overlap and overlap-only
+    references."""
     from randommask.data.floors import compute_floors, eval_reference
     from randommask.training.validation import eval_sets
 
@@ -170,4 +172,6 @@ def run_floors(cfg: PretrainConfig) -> dict[str, Any]:
     for name, (inputs, labels) in sets.items():
         ref = eval_reference(inputs, labels, d.k, d.stride, floors["overlap_per_base"])
         floors[f"eval_{name}_overlap"] = None if ref is None else round(ref, 4)
+        blind = eval_reference(inputs, labels, d.k, d.stride, math.log(4))  # reads every visible base, knows no DNA
+        floors[f"overlap_only_{name}"] = None if blind is None else round(blind, 4)
     return floors

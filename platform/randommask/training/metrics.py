@@ -23,20 +23,23 @@ REPORT_KEYS = ("rank_tokens_per_s", "rank_data_wait", "gpu_memory_bytes", "param
 # The fixed evaluation sets (training.validation) and the figures of each, spelled out so that a
 # search for a metric name finds where it is defined. (set, figure) -> metric name.
 EVAL_SETS = ("span_k", "span_2k")
-EVAL_FIGURES = ("loss", "acc", "mask_loss", "mask_acc")
+EVAL_FIGURES = ("loss", "acc", "mask_loss", "mask_acc", "base_loss")
 EVAL_METRICS = {
     ("span_k", "loss"): "eval_span_k_loss",
     ("span_k", "acc"): "eval_span_k_acc",
     ("span_k", "mask_loss"): "eval_span_k_mask_loss",
     ("span_k", "mask_acc"): "eval_span_k_mask_acc",
+    ("span_k", "base_loss"): "eval_span_k_base_loss",  # nats per hidden base (training.baseloss)
     ("span_2k", "loss"): "eval_span_2k_loss",
     ("span_2k", "acc"): "eval_span_2k_acc",
     ("span_2k", "mask_loss"): "eval_span_2k_mask_loss",
     ("span_2k", "mask_acc"): "eval_span_2k_mask_acc",
+    ("span_2k", "base_loss"): "eval_span_2k_base_loss",
 }
 # What a summary, a sweep's trial table and the demo show of the last evaluation.
 SUMMARY_EVAL_KEYS = ("eval_span_k_loss", "eval_span_2k_loss", "eval_span_k_mask_loss", "eval_span_2k_mask_loss",
-                     "eval_span_k_mask_acc", "eval_span_2k_mask_acc")
+                     "eval_span_k_mask_acc", "eval_span_2k_mask_acc", "eval_span_k_base_loss",
+                     "eval_span_2k_base_loss")
 
 # Summed on each rank over the steps since the last line; "due" counts ranks whose wall-clock
 # checkpoint interval has passed, so every rank takes the same decision from the same all-reduce.

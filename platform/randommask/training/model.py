@@ -68,11 +68,17 @@ def build_mlm(preset: str, k: int = 6, **overrides: Any) -> BertForMaskedLM:
 STATS = ("correct", "selected", "mask_loss_sum", "mask_correct", "mask_selected")
 
 
+def selected_logits(mlm: BertForMaskedLM, input_ids: torch.Tensor, labels: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, vocab) logits at the labelled positions, in row-major order: only they are projected."""
+    hidden = mlm.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return mlm.cls(hidden[labels != -100])
+
+
 def _sparse_forward(mlm: BertForMaskedLM, input_ids: torch.Tensor, labels: torch.Tensor,
                     attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    hidden = mlm.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    logits = selected_logits(mlm, input_ids, labels, attention_mask)
     selected = labels != -100
-    logits = mlm.cls(hidden[selected])  # (N, vocab): only labelled positions are projected
     target = labels[selected]
     if target.numel() == 0:  # keep the graph connected so DDP and backward still work on an empty batch
         zero = logits.sum() * 0.0

@@ -32,10 +32,17 @@ GAUGES = {
     "eval_span_2k_mask_loss": ("randommask_eval_span_2k_mask_loss", "validation loss on [MASK] inputs, span-2k masking"),
     "eval_span_k_mask_acc": ("randommask_eval_span_k_mask_accuracy", "validation accuracy on [MASK] inputs, span-k"),
     "eval_span_2k_mask_acc": ("randommask_eval_span_2k_mask_accuracy", "validation accuracy on [MASK] inputs, span-2k"),
+    "eval_span_k_base_loss": ("randommask_eval_span_k_base_loss", "validation loss per hidden base, span-k (nats)"),
+    "eval_span_2k_base_loss": ("randommask_eval_span_2k_base_loss", "validation loss per hidden base, span-2k (nats)"),
     # floors.json: set once per run, so dashboards draw the losses against them
     "context_free": ("randommask_floor_context_free", "context-free floor: k-mer frequencies only (nats)"),
     "eval_span_k_overlap": ("randommask_floor_span_k_overlap", "span-k overlap reference of the eval set (nats, approx.)"),
     "eval_span_2k_overlap": ("randommask_floor_span_2k_overlap", "span-2k overlap reference of the eval set (nats, approx.)"),
+    "overlap_only_span_k": ("randommask_floor_overlap_only_span_k",
+                            "span-k [MASK] loss of a perfect overlap reader that knows no DNA (nats)"),
+    "overlap_only_span_2k": ("randommask_floor_overlap_only_span_2k",
+                             "span-2k [MASK] loss of a perfect overlap reader that knows no DNA (nats)"),
+    "base_table_best": ("randommask_floor_base_table_best", "per-base loss of the best flank count table (nats)"),
 }
 
 
@@ -121,8 +128,12 @@ class TrainMetrics:
                 self.prom_gauges[key].labels(run=self.run).set(float(value))
 
     def set_floors(self, floors: dict[str, Any] | None) -> None:
-        self.update({key: floors[key] for key in ("context_free", "eval_span_k_overlap", "eval_span_2k_overlap")
-                     if floors and floors.get(key) is not None})
+        floors = dict(floors or {})
+        tables = [v for v in (floors.get("base_table") or {}).values() if v is not None]
+        floors["base_table_best"] = min(tables) if tables else None
+        self.update({key: floors[key] for key in ("context_free", "eval_span_k_overlap", "eval_span_2k_overlap",
+                                                  "overlap_only_span_k", "overlap_only_span_2k", "base_table_best")
+                     if floors.get(key) is not None})
 
     def close(self) -> None:
         server = getattr(self, "server", None)

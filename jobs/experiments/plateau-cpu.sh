@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The plateau experiment (docs/experiments.md section 4): does span masking stop learning once it
+# reads the overlap, and does RandomMask keep it learning? jobs/configs/plateau-cpu.yaml (constant
+# learning rate, 15,000 steps), three arms paired by seed:
+#   span        DNABERT's span of k tokens throughout;
+#   randommask  the first widening at step 2,000 (span has collapsed by then), then every 3,000
+#               steps: boundaries 6, 8, 10, 12, 14 tokens, lengths uniform up to the boundary;
+#   wide-now    spans uniform in [6, 14] from step 2,000, all at once: wider spans, no curriculum.
+# Then `randommask zeroshot` on every arm's checkpoints (when this commit has the command).
+#
+# About 95 minutes per run alone on 2 CPUs, so it runs in pieces: rerun it and it resumes where it
+# stopped (a pretraining from its last checkpoint; finished runs and zero-shot files are skipped).
+# After each piece it copies the small results to $KEEP (default docs/experiments/plateau-cpu) to be
+# committed. Run it from a separate clone at a fixed commit, so that edits do not change a run in flight:
+#   git clone . /tmp/plateau && cd /tmp/plateau && make venv && \
+#     KEEP=$OLDPWD/docs/experiments/plateau-cpu jobs/experiments/plateau-cpu.sh
+# SEEDS="0 1" ARMS="span randommask wide-now" narrow it; the order is seed by seed, so pairs finish first.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-outputs/experiments/plateau-cpu}
+RM=${RANDOMMASK:-.venv/bin/randommask}
+GENOME=${GENOME:-../shared/data/genomes/ecoli_536.fna.gz}
+SEEDS=${SEEDS:-0 1 2}
+ARMS=${ARMS:-span randommask wide-now}
+KEEP=${KEEP:-docs/experiments/plateau-cpu}
+POSITIONS=${POSITIONS:-5000}
+
+mkdir -p "$KEEP"
+[ -f "$OUT/prepared/manifest.json" ] || $RM data prepare "$GENOME" --out "$OUT/prepared" --val-fraction 0.04 --no-progress
+common=(--config jobs/configs/plateau-cpu.yaml --set "data.prepared=$OUT/prepared" --set "run.storage_path=$OUT/runs"
+        --set observability.progress=false)
+
+arm_settings() {  # the masking of each arm; everything else is plateau-cpu.yaml
+  case "$1" in
+    span) ;;
+    randommask) echo "--set masking.strategy=randommask --set masking.phase_ends=[2000,5000,8000,11000,15000]" ;;
+    wide-now) echo "--set masking.strategy=randommask --set masking.phase_ends=[2000,15000] --set masking.span_step=8" ;;
+    *) echo "plateau-cpu: unknown arm $1" >&2; exit 2 ;;
+  esac
+}
+
+collect() {  # the small, durable results
+  echo "runs made at commit $(git rev-parse HEAD 2>/dev/null || echo unknown) of randommask" > "$KEEP/provenance.txt"
+  for run in "$OUT"/runs/*/; do
+    name=$(basename "$run")
+    [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$KEEP/$name.metrics.jsonl"
+    [ -f "$run/floors.json" ] && cp "$run/floors.json" "$KEEP/floors.json"
+  done
+  for z in "$OUT"/zeroshot/*.json; do
+    [ -f "$z" ] && cp "$z" "$KEEP/$(basename "$z")"
+  done
+  return 0
+}
+
+zeroshot() {  # the final and each 1,000-step checkpoint, on the same held-out positions
+  $RM zeroshot --help > /dev/null 2>&1 || return 0
+  local run="$OUT/runs/$1" out="$OUT/zeroshot"
+  mkdir -p "$out"
+  [ -f "$out/$1.zeroshot.json" ] || $RM zeroshot "$run/final" --prepared "$OUT/prepared" --positions "$POSITIONS" \
+      --seed 0 --out "$out/$1.zeroshot.json"
+  for ckpt in "$run"/checkpoint_*/; do
+    [ -d "$ckpt" ] || continue
+    step=$(basename "$ckpt"); step=${step#checkpoint_}
+    [ -f "$out/$1.step$step.zeroshot.json" ] || $RM zeroshot "$ckpt" --prepared "$OUT/prepared" \
+        --positions "$POSITIONS" --seed 0 --out "$out/$1.step$step.zeroshot.json"
+  done
+}
+
+for seed in $SEEDS; do
+  for arm in $ARMS; do
+    run="$arm-s$seed"
+    if [ ! -f "$OUT/runs/$run/final/config.json" ]; then
+      # shellcheck disable=SC2046
+      $RM pretrain "${common[@]}" --set "run.name=$run" --set "run.seed=$seed" $(arm_settings "$arm")
+    fi
+    collect
+    zeroshot "$run"
+    collect
+  done
+done
