@@ -26,10 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "platform"))
 
-from randommask.data.tokenizer import MASK, PAD  # noqa: E402
+from randommask.data.tokenizer import CODE_OF_BYTE, MASK, PAD  # noqa: E402
 from randommask.inference import fasta as fasta_io  # noqa: E402
 from randommask.inference.runtime import load_model  # noqa: E402
 from randommask.inference.variants import BASES, score_variants, windows  # noqa: E402
+
+# Forward strand only: this records the comparison made before score-variants averaged both strands.
 
 COMBINE = {"product": lambda L: L.sum(0), "geometric_mean": lambda L: L.mean(0), "centre": lambda L: L[len(L) // 2]}
 QUIET = lambda *_: None  # noqa: E731
@@ -75,22 +77,22 @@ def signal(rows, fasta: str, window_bp: int, models: list[str]) -> None:
 def combinations(rows, fasta: str, window_bp: int, models: list[str]) -> None:
     batch = {"chrom": np.array([r[0] for r in rows], dtype=object), "pos": np.array([r[1] for r in rows]),
              "ref": np.array([r[2] for r in rows], dtype=object), "alt": np.array(["A"] * len(rows), dtype=object)}
-    w = windows(batch, fasta, 6, 1, window_bp)
+    w = windows(batch, fasta, 6, 1, window_bp, strands="forward")
     for spec in models:
         label, ckpt = spec.split("=", 1) if "=" in spec else (spec, spec)
         model, _, _ = load_model(ckpt, "mlm", gpu=False, threads=None)
-        ids = torch.from_numpy(np.stack(w["ids"]).astype(np.int64))
+        ids = torch.from_numpy(np.stack([x[0] for x in w["ids"]]).astype(np.int64))
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=ids, attention_mask=(ids != PAD).long()).logits.float(), -1).numpy()
         out = {"model": label, "positions": len(rows), "chance_log": round(float(np.log(0.25)), 4)}
         for name, combine in COMBINE.items():
             log_ref = []
             for r, (_, _, ref) in enumerate(rows):
-                masked = np.where(w["ids"][r] == MASK)[0]
-                lp = logp[r, masked][np.arange(len(masked))[:, None], w["candidates"][r]].astype(np.float64)
+                masked = np.where(w["ids"][r][0] == MASK)[0]
+                lp = logp[r, masked][np.arange(len(masked))[:, None], w["candidates"][r][0]].astype(np.float64)
                 s = combine(lp)
                 s = s - s.max()
-                log_ref.append(s[BASES.index(ref)] - np.log(np.exp(s).sum()))
+                log_ref.append(s[CODE_OF_BYTE[ord(ref)]] - np.log(np.exp(s).sum()))
             out[f"{name}_mean_log_p_ref"] = round(float(np.mean(log_ref)), 4)
             out[f"{name}_mean_p_ref"] = round(float(np.mean(np.exp(log_ref))), 4)
         print(json.dumps(out), flush=True)

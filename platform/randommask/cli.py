@@ -345,18 +345,47 @@ def _add_score_variants(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vcf", required=True, help="VCF (plain or gzip), local or s3://; multi-allelic ALTs are split, "
                    "indels and symbolic alleles skipped")
     p.add_argument("--batch-size", type=int, default=64, help="variants per batch")
+    p.add_argument("--strands", choices=("both", "forward"), default="both",
+                   help="average the forward and reverse-complement scores (default), or the forward strand alone")
 
 
 def _run_score_variants(args: argparse.Namespace) -> None:
     from randommask.inference.variants import score_variants
 
     s = score_variants(args.checkpoint, args.fasta, args.vcf, args.out, window_bp=args.window_bp,
-                       batch_size=args.batch_size, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                       strands=args.strands, batch_size=args.batch_size, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                        gpus_per_actor=args.gpus_per_actor, storage_options=storage_options_from(args))
     print(f"scored   {s['scored']} SNV(s), {s['errors']} reported with an error (REF mismatch, N, contig), "
           f"{s['skipped_indels']} indel(s) and {s['skipped_symbolic']} symbolic allele(s) skipped; "
-          f"windows of {s['window_bp']} bp; {s['seconds']:.1f} s")
+          f"windows of {s['window_bp']} bp, {s['strands']} strand(s); {s['seconds']:.1f} s")
     print(f"out      {s['out']} (Parquet: chrom, pos, id, ref, alt, llr, p_ref, p_alt, entropy, error)")
+
+
+def _add_zeroshot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("zeroshot", help="mean log P(ref base) at held-out positions, beside count tables of the "
+                       "flanking bases and chance")
+    p.add_argument("checkpoint", help="a run's final/, a checkpoint step_*/, a run directory, or any "
+                   "DNABERT-compatible directory (local or s3://)")
+    p.add_argument("--prepared", required=True, help="prepared data (randommask data prepare): positions come from "
+                   "its validation split, the tables from its training split")
+    p.add_argument("--positions", type=int, default=5000, help="held-out positions (default 5000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the positions drawn")
+    p.add_argument("--out", required=True, help="the JSON file to write (local or s3://)")
+    p.add_argument("--window-bp", type=int, help="bases the model sees (default: its run's data.window_bp, else all "
+                   "its positions; made odd, centred on the base)")
+    p.add_argument("--strands", choices=("both", "forward"), default="both")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    add_storage_options(p)
+
+
+def _run_zeroshot(args: argparse.Namespace) -> None:
+    from randommask.inference.zeroshot import standing, zeroshot
+
+    r = zeroshot(args.checkpoint, args.prepared, args.out, positions=args.positions, seed=args.seed,
+                 window_bp=args.window_bp, strands=args.strands, threads=args.threads,
+                 storage_options=storage_options_from(args))
+    print(f"zeroshot {standing(r)}")
+    print(f"out      {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -370,12 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze(sub)
     _add_embed(sub)
     _add_score_variants(sub)
+    _add_zeroshot(sub)
     _add_bench(sub)
     return parser
 
 
 COMMANDS = {"demo": _run_demo, "data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune, "sweep": _run_sweep,
-            "embed": _run_embed, "score-variants": _run_score_variants,
+            "embed": _run_embed, "score-variants": _run_score_variants, "zeroshot": _run_zeroshot,
             "analyze": _run_analyze, "bench": _run_bench}
 
 

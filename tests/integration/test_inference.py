@@ -88,6 +88,37 @@ def test_scores_are_antisymmetric_zero_for_ref_and_handle_edges_ns_and_mismatche
     assert all(p.suffix == ".parquet" for p in out.iterdir())
 
 
+@pytest.mark.ray
+def test_a_variant_scores_the_same_on_either_strand_of_the_genome(ray_local, genome, tiny_checkpoint, tmp_path):
+    # Both strands are averaged by default (as GPN does); the window is centred, so the genome's
+    # reverse complement shows the model the same bases. Contig ends included: clipped windows mirror.
+    path, contigs = genome
+    seq = contigs[CHROM]
+    comp = {"A": "T", "C": "G", "G": "C", "T": "A"}
+    rc_seq = "".join(comp[b] for b in reversed(seq))
+    rc_path = write_fasta(tmp_path / "rc.fa", {CHROM: rc_seq})
+    alt = {"A": "C", "C": "G", "G": "T", "T": "A"}
+    where = (1, 4, 50, 1500, 2990, 3000)
+    rows = [(CHROM, p, f"v{p}", seq[p - 1], alt[seq[p - 1]]) for p in where]
+    mirrored = [(CHROM, len(seq) + 1 - p, f"v{p}", comp[seq[p - 1]], comp[alt[seq[p - 1]]]) for p in where]
+    scores = {}
+    for name, fasta, variants, strands in (("fwd", path, rows, "both"), ("rc", rc_path, mirrored, "both"),
+                                           ("fwd1", path, rows, "forward"), ("rc1", rc_path, mirrored, "forward")):
+        out = tmp_path / name
+        s = score_variants(str(tiny_checkpoint), str(fasta), str(_variants_file(tmp_path / f"{name}.vcf", variants)),
+                           str(out), window_bp=64, strands=strands, log=QUIET)
+        assert s["window_bp"] == 63 and s["strands"] == strands and s["errors"] == 0
+        scores[name] = _table(out)
+    for p in where:
+        for column in ("llr", "p_ref", "p_alt", "entropy"):
+            assert scores["fwd"][f"v{p}"][column] == pytest.approx(scores["rc"][f"v{p}"][column], abs=1e-5)
+    one_strand = [abs(scores["fwd1"][f"v{p}"]["llr"] - scores["rc1"][f"v{p}"]["llr"]) for p in where]
+    assert max(one_strand) > 1e-3  # a strand alone is not symmetric: the averaging does the work
+    for p in where:  # the average of the strands' LLRs
+        want = (scores["fwd1"][f"v{p}"]["llr"] + scores["rc1"][f"v{p}"]["llr"]) / 2
+        assert scores["fwd"][f"v{p}"]["llr"] == pytest.approx(want, abs=1e-5)
+
+
 # ---- embeddings ---------------------------------------------------------------------------------
 def _direct_mean(model_dir: Path, seq: str) -> np.ndarray:
     from transformers import BertModel
@@ -184,3 +215,26 @@ def test_a_model_pretrained_here_predicts_held_out_reference_bases_above_chance(
     p_ref = np.array([r["p_ref"] for r in pq.read_table(out).to_pylist()])
     assert len(p_ref) == len(rows) and np.isfinite(p_ref).all()
     assert p_ref.mean() > 0.25 + 3 * p_ref.std() / np.sqrt(len(p_ref)), p_ref.mean()  # chance is 0.25
+
+
+@pytest.mark.ray
+def test_zeroshot_reads_a_pretrained_model_against_the_count_tables(tiny_run, prepared, tmp_path):
+    run, _, cfg = tiny_run
+    out = tmp_path / "z.json"
+    res = run_cli("zeroshot", str(run / "final"), "--prepared", prepared, "--positions", "400", "--seed", "1",
+                  "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    r = json.loads(out.read_text())
+    assert r["n"] == 400 and r["strands"] == "both" and r["window_bp"] == cfg.data.window_bp - 1  # the run's, made odd
+    assert r["chance"] == pytest.approx(-np.log(4), abs=1e-5) and set(r["tables"]) == {"1", "2", "3", "4"}
+    best = r["tables"][r["best_table"]]
+    assert best == max(r["tables"].values()) and r["chance"] < best < -1.2  # E. coli flanks: a little over chance
+    assert r["vs_best_table"] == pytest.approx(r["mean_log_p_ref"] - best, abs=2e-5)
+    assert "of the way from chance" in res.stdout and "best count table" in res.stdout
+    again = run_cli("zeroshot", str(run / "final"), "--prepared", prepared, "--positions", "400", "--seed", "1",
+                    "--out", str(tmp_path / "again.json"))
+    assert again.returncode == 0, again.stderr  # the same seed: the same positions, the same figure
+    assert json.loads((tmp_path / "again.json").read_text())["mean_log_p_ref"] == r["mean_log_p_ref"]
+    bad = run_cli("zeroshot", str(run / "final"), "--prepared", str(tmp_path / "absent"), "--out", str(tmp_path / "x.json"))
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "absent" in bad.stderr
+    assert not (tmp_path / "x.json").exists()

@@ -14,8 +14,9 @@ import pytest
 from conftest import random_dna, write_fasta
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
+from randommask.inference.centre import base_log_probs, combine_strands
 from randommask.inference.regions import read_bed, tiles
-from randommask.inference.variants import base_distribution, read_vcf
+from randommask.inference.variants import read_vcf
 
 QUIET = lambda *_: None  # noqa: E731
 CHROM = "chrT"
@@ -123,9 +124,13 @@ def test_tiles_cover_every_kmer_exactly_once(length, max_kmers, k, stride):
 # ---- variant scores -----------------------------------------------------------------------------
 def test_the_four_base_distribution(tmp_path):
     rng = np.random.default_rng(0)
-    p = base_distribution(rng.normal(size=(6, 4)) * 5)
+    p = np.exp(base_log_probs(rng.normal(size=(6, 4)) * 5))
     assert p.shape == (4,) and abs(p.sum() - 1) < 1e-12 and (p > 0).all()
-    assert np.allclose(base_distribution(np.zeros((3, 4))), 0.25)
+    assert np.allclose(np.exp(base_log_probs(np.zeros((3, 4)))), 0.25)
+    # Both strands: the reverse strand's prediction of T (code 1) is the forward strand's of A (code 0).
+    fwd, rev = np.log([0.7, 0.1, 0.1, 0.1]), np.log([0.1, 0.7, 0.1, 0.1])
+    assert np.allclose(np.exp(combine_strands(fwd, rev)), [0.7, 0.1, 0.1, 0.1])
+    assert np.allclose(combine_strands(fwd, None), fwd)
     vcf = tmp_path / "v.vcf.gz"
     vcf.write_bytes(gzip.compress(b"##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n"
                                   b"c\t5\ta\tA\tG,T\nc\t6\tb\tAC\tA\nc\t7\tc\tA\t<DEL>\nc\t8\td\tA\t*\n"))

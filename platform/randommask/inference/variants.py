@@ -30,6 +30,7 @@ import numpy as np
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
 from randommask.inference import runtime
+from randommask.inference.centre import STRANDS, base_log_probs, combine_strands, masked_windows, strand_windows
 
 KEY = ["chrom", "pos", "id", "ref", "alt"]
 BASES = "ACGT"
@@ -80,21 +81,21 @@ def read_vcf(uri: str, storage_options: dict | None = None) -> tuple[list[Varian
     return out, skipped
 
 
-def windows(batch: dict[str, np.ndarray], fasta: str, k: int, stride: int, window_bp: int,
+def windows(batch: dict[str, np.ndarray], fasta: str, k: int, stride: int, window_bp: int, strands: str = "both",
             storage_options: dict | None = None) -> dict[str, np.ndarray]:
-    """Ray Data task: for each variant, the masked window's token ids, which tokens cover it, and the
-    ids of the four candidate k-mers at each; or an error."""
-    from randommask.data.tokenizer import MASK, KmerTokenizer, codes_from_bytes
+    """Ray Data task: for each variant, the masked window of each strand (token ids, (S, L)) and the
+    ids of the four candidate k-mers at its masked tokens ((S, M, 4), by base code); or an error.
+    The window is centred on the variant (``window_bp`` odd), clipped at contig ends."""
+    from randommask.data.tokenizer import UNK, KmerTokenizer, codes_from_bytes
 
     fa = fasta_io.open_fasta(fasta, storage_options, log=lambda *_: None)
     lengths = fasta_io.contig_lengths(fa)
     tok = KmerTokenizer(k, stride)
     ids_col, cand_col, errors = [], [], []
-    for chrom, pos, ref in zip(batch["chrom"], batch["pos"], batch["ref"]):
-        chrom, p = str(chrom), int(pos) - 1
-        error, ids, cands = "", np.zeros((1, 0), np.int32), np.zeros((0, 4), np.int32)
-        alt = str(batch["alt"][len(errors)])
-        if str(ref) not in BASES or alt not in BASES:
+    for chrom, pos, ref, alt in zip(batch["chrom"], batch["pos"], batch["ref"], batch["alt"]):
+        chrom, p, ref, alt = str(chrom), int(pos) - 1, str(ref), str(alt)
+        error, ids, cands = "", np.zeros((1, 0), np.int32), np.zeros((1, 0, 4), np.int32)
+        if ref not in BASES or alt not in BASES:
             error = f"REF/ALT {ref}/{alt}: only A, C, G and T alleles can be scored"
         elif chrom not in lengths:
             error = f"contig {chrom} is not in the FASTA"
@@ -105,42 +106,25 @@ def windows(batch: dict[str, np.ndarray], fasta: str, k: int, stride: int, windo
             start = min(max(0, p - window_bp // 2), max(0, n - window_bp))
             seq = fa[chrom][start : min(n, start + window_bp)]
             q = p - start
-            genome_base = seq[q].upper()
-            if genome_base != str(ref):
-                error = f"REF {ref} does not match the genome ({genome_base}) at {chrom}:{p + 1}"
+            if seq[q].upper() != ref:
+                error = f"REF {ref} does not match the genome ({seq[q].upper()}) at {chrom}:{p + 1}"
             else:
-                codes = codes_from_bytes(seq.encode("latin-1"))
-                n_tok = tok.num_kmers(len(seq))
-                cover = [j for j in range(n_tok) if j * stride <= q < j * stride + k]
-                cands = np.zeros((len(cover), 4), np.int32)
-                for b in range(4):
-                    edited = codes.copy()
-                    edited[q] = codes_from_bytes(BASES[b].encode())[0]
-                    kmer_ids = tok.encode_windows(edited[None, :])[0, 1:-1]
-                    cands[:, b] = kmer_ids[cover]
-                if (cands == 1).any():  # [UNK]: an N (or other letter) in a k-mer that covers p
+                codes = codes_from_bytes(seq.encode("latin-1"))[None, :]
+                parts = [masked_windows(c, at, tok) for c, at in strand_windows(codes, q, strands)]
+                cands = np.concatenate([c for _, c in parts])
+                if (cands == UNK).any():  # an N (or other letter) in a k-mer that covers p
                     error = f"an N within {k - 1} bases of {chrom}:{p + 1}: no k-mer to score"
                 else:
-                    ids = tok.encode_windows(codes[None, :]).astype(np.int32)
-                    ids[0, [1 + j for j in cover]] = MASK
-        ids_col.append(ids[0])
+                    ids = np.concatenate([i for i, _ in parts]).astype(np.int32)
+        ids_col.append(ids)
         cand_col.append(cands)
         errors.append(error)
     return {**batch, "ids": runtime.object_column(ids_col), "candidates": runtime.object_column(cand_col),
             "error": np.array(errors, dtype=object)}
 
 
-def base_distribution(log_probs: np.ndarray) -> np.ndarray:
-    """P(b) from the masked tokens' log-probabilities of their four candidate k-mers: (M, 4) -> (4,),
-    the normalised geometric mean of the tokens' predictions."""
-    score = np.asarray(log_probs, dtype=np.float64).mean(0)
-    score = score - score.max()
-    p = np.exp(score)
-    return p / p.sum()
-
-
 class Scorer:
-    """Ray Data actor: the masked-LM, loaded once; scores each variant from its masked window."""
+    """Ray Data actor: the masked-LM, loaded once; scores each variant from its masked windows."""
 
     def __init__(self, checkpoint: str, gpu: bool, threads: int | None, storage_options: dict | None = None) -> None:
         self.model, _, self.device = runtime.load_model(checkpoint, "mlm", gpu, threads, storage_options)
@@ -149,28 +133,32 @@ class Scorer:
         import pyarrow as pa
         import torch
 
-        from randommask.data.tokenizer import MASK, PAD
+        from randommask.data.tokenizer import CODE_OF_BYTE, MASK, PAD
         from randommask.training.model import autocast
 
         n = len(batch["error"])
         llr, p_ref, p_alt, entropy = (np.full(n, np.nan) for _ in range(4))
         ok = [i for i in range(n) if not batch["error"][i]]
         if ok:
-            width = max(len(batch["ids"][i]) for i in ok)
-            ids = torch.full((len(ok), width), PAD, dtype=torch.long)
-            for row, i in enumerate(ok):
-                ids[row, : len(batch["ids"][i])] = torch.from_numpy(batch["ids"][i].astype(np.int64))
+            windows = [w for i in ok for w in batch["ids"][i]]  # each variant's strands, in order
+            ids = torch.full((len(windows), max(len(w) for w in windows)), PAD, dtype=torch.long)
+            for row, w in enumerate(windows):
+                ids[row, : len(w)] = torch.from_numpy(w.astype(np.int64))
             with torch.no_grad(), autocast(self.device):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=(ids != PAD).long().to(self.device)).logits
             logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-            for row, i in enumerate(ok):
-                cands = batch["candidates"][i]
-                masked = np.where(batch["ids"][i] == MASK)[0]  # the covering tokens, in token order
-                dist = base_distribution(logp[row, masked][np.arange(len(masked))[:, None], cands])
-                r, a = BASES.index(str(batch["ref"][i])), BASES.index(str(batch["alt"][i]))
-                llr[i] = np.log(dist[a]) - np.log(dist[r])
-                p_ref[i], p_alt[i] = dist[r], dist[a]
-                entropy[i] = float(-(dist * np.log(np.clip(dist, 1e-30, None))).sum())
+            row = 0
+            for i in ok:
+                per_strand = []
+                for w, cands in zip(batch["ids"][i], batch["candidates"][i]):
+                    masked = np.where(w == MASK)[0]  # the covering tokens, in token order
+                    per_strand.append(base_log_probs(logp[row, masked][np.arange(len(masked))[:, None], cands]))
+                    row += 1
+                log_p = combine_strands(per_strand[0], per_strand[1] if len(per_strand) > 1 else None)
+                r, a = CODE_OF_BYTE[ord(str(batch["ref"][i]))], CODE_OF_BYTE[ord(str(batch["alt"][i]))]
+                llr[i] = log_p[a] - log_p[r]
+                p_ref[i], p_alt[i] = np.exp(log_p[r]), np.exp(log_p[a])
+                entropy[i] = float(-(np.exp(log_p) * log_p).sum())
 
         def nullable(x):
             return pa.array([None if np.isnan(v) else float(v) for v in x], type=pa.float64())
@@ -183,7 +171,7 @@ class Scorer:
 
 
 def score_variants(checkpoint: str, fasta: str, vcf: str, out: str, window_bp: int | None = None,
-                   batch_size: int = 64, actors: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
+                   strands: str = "both", batch_size: int = 64, actors: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
                    storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score every SNV of the VCF into Parquet files under ``out``; returns a summary."""
     for flag, value in (("--batch-size", batch_size), ("--actors", actors)):
@@ -191,7 +179,10 @@ def score_variants(checkpoint: str, fasta: str, vcf: str, out: str, window_bp: i
             raise UserError(f"{flag} must be >= 1, got {value}")
     tok, config = runtime.model_limits(checkpoint, storage_options)
     max_bp = (config.max_position_embeddings - 3) * tok.stride + tok.k  # the model's positions, in bases
+    if strands not in STRANDS:
+        raise UserError(f"--strands {strands}: choose one of {', '.join(STRANDS)}")
     window = min(window_bp or max_bp, max_bp)
+    window -= 1 - window % 2  # odd: centred on the variant, so both strands see the same bases
     if window < tok.k:
         raise UserError(f"--window-bp {window_bp}: shorter than one {tok.k}-mer")
     fasta_io.open_fasta(fasta, storage_options, log)  # index it once, here, before the workers read it
@@ -202,11 +193,12 @@ def score_variants(checkpoint: str, fasta: str, vcf: str, out: str, window_bp: i
         f"{skipped['indel']} indel(s), {skipped['symbolic']} symbolic allele(s)), windows of {window} bp")
     summary = {"variants": len(variants), "skipped_done": len(variants) - len(todo), "scored": 0, "errors": 0,
                "skipped_indels": skipped["indel"], "skipped_symbolic": skipped["symbolic"], "window_bp": window,
+               "strands": strands,
                "out": out, "seconds": 0.0}
     if todo:
         rows = [{"chrom": v.chrom, "pos": v.pos, "id": v.id, "ref": v.ref, "alt": v.alt} for v in todo]
         ran = runtime.run_pipeline(
-            rows, out, windows, dict(fasta=fasta, k=tok.k, stride=tok.stride, window_bp=window,
+            rows, out, windows, dict(fasta=fasta, k=tok.k, stride=tok.stride, window_bp=window, strands=strands,
                                      storage_options=storage_options),
             Scorer, dict(checkpoint=checkpoint, gpu=gpus_per_actor > 0, threads=max(1, int(cpus_per_actor)),
                          storage_options=storage_options),

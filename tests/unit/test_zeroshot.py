@@ -1,0 +1,65 @@
+"""Zero-shot scoring of held-out bases (inference.zeroshot, inference.centre): both strands give one
+answer on either strand of the genome, positions are drawn reproducibly and avoid N, and the count
+tables score what their counts say. The command on a pretrained model is in
+tests/integration/test_inference.py."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from randommask.data.floors import base_table
+from randommask.data.tokenizer import KmerTokenizer, reverse_complement_codes
+from randommask.inference.zeroshot import draw_positions, model_log_p_ref, table_log_p_ref
+from randommask.training.model import build_mlm
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    d = tmp_path_factory.mktemp("zs") / "final"
+    torch.manual_seed(1)
+    mlm = build_mlm("tiny", 6)
+    with torch.no_grad():  # sharper than an initialisation, so the strands visibly disagree
+        mlm.cls.predictions.decoder.weight.mul_(40)
+    mlm.save_pretrained(d)
+    KmerTokenizer(6).save_pretrained(d)
+    return str(d)
+
+
+def test_both_strands_give_one_answer_on_either_strand_of_the_genome(checkpoint):
+    windows = np.random.default_rng(0).integers(0, 4, (64, 23)).astype(np.uint8)
+    rc = reverse_complement_codes(windows)
+    both, forward = model_log_p_ref(checkpoint, windows, "both", 16, 1, None)
+    both_rc, forward_rc = model_log_p_ref(checkpoint, rc, "both", 16, 1, None)
+    np.testing.assert_allclose(both, both_rc, atol=1e-5)  # the same base, seen from the other strand
+    assert np.abs(forward - forward_rc).max() > 1e-3  # one strand alone is not symmetric
+    only, _ = model_log_p_ref(checkpoint, windows, "forward", 16, 1, None)
+    np.testing.assert_allclose(only, forward, atol=1e-9)
+    assert (both < 0).all()
+
+
+def test_positions_are_seeded_distinct_and_free_of_n():
+    rng = np.random.default_rng(0)
+    pieces = [rng.integers(0, 4, 300).astype(np.uint8), rng.integers(0, 4, 10).astype(np.uint8)]
+    pieces[0][100] = 4  # an N
+    a, b = draw_positions(pieces, 50, 5, seed=3), draw_positions(pieces, 50, 5, seed=3)
+    assert a.shape == (50, 11) and np.array_equal(a, b) and (a < 4).all()
+    assert not np.array_equal(a, draw_positions(pieces, 50, 5, seed=4))
+    assert len(draw_positions(pieces, 10_000, 5, seed=0)) == 300 - 10 - 11  # every N-free window, once
+    assert len(draw_positions([pieces[1]], 5, 5, seed=0)) == 0  # shorter than a window
+
+
+def test_the_tables_score_what_their_counts_say():
+    rng = np.random.default_rng(1)
+    train = [rng.integers(0, 4, 20_000).astype(np.uint8)]
+    windows = rng.integers(0, 4, (30, 9)).astype(np.uint8)
+    for flank in (1, 2, 3, 4):
+        got = table_log_p_ref(train, windows, flank)
+        table = base_table(train, flank)
+        for w, value in zip(windows, got):
+            left = int("".join(map(str, w[4 - flank : 4])), 4)
+            right = int("".join(map(str, w[5 : 5 + flank])), 4)
+            assert value == pytest.approx(table[left, w[4], right])
+    assert np.allclose(np.exp(base_table(train, 2)).sum(axis=1), 1.0)
+    assert abs(table_log_p_ref(train, windows, 1).mean() + math.log(4)) < 0.1  # random DNA: about chance
