@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -108,6 +109,7 @@ def _run_pretrain(args: argparse.Namespace) -> None:
 
 
 def _pretrain_and_report(cfg) -> None:
+    from randommask.data.floors import best_table
     from randommask.training.driver import pretrain
 
     c = cfg
@@ -125,6 +127,14 @@ def _pretrain_and_report(cfg) -> None:
               f"(acc {s['eval_span_k_mask_acc']:.3f}) | span-2k {s['eval_span_2k_mask_loss']:.3f} "
               f"(acc {s['eval_span_2k_mask_acc']:.3f})")
     f = s["floors"] or {}
+    if f.get("overlap_only_span_k") is not None:
+        print(f"         overlap only (a perfect reader of the visible bases that knows no DNA): span-k "
+              f"{f['overlap_only_span_k']:.3f} | span-2k {f['overlap_only_span_2k']:.3f}")
+    if s.get("eval_span_k_base_loss") is not None:
+        best = best_table(f)
+        table = f"best count table {best[1]:.3f} ({best[0]} base(s) each side)" if best else "no count table"
+        print(f"per base eval span-k {s['eval_span_k_base_loss']:.3f} | span-2k {s['eval_span_2k_base_loss']:.3f} nats "
+              f"per hidden base; chance {math.log(4):.3f}, {table}: below the table is DNA knowledge beyond counting")
     if f.get("context_free") is not None:
         line = f"floors   context-free floor {f['context_free']:.3f} ({f['k']}-mer frequencies, no context)"
         if f.get("eval_span_k_overlap") is not None:
@@ -294,6 +304,10 @@ def _run_analyze(args: argparse.Namespace) -> None:
             line += f" eval span-k [MASK] {loss['final_eval_span_k_mask_loss']:.3f}"
             if loss.get("floor_context_free") is not None:
                 line += f" (context-free floor {loss['floor_context_free']:.3f})"
+        if loss.get("final_eval_span_k_base_loss") is not None:
+            table = loss.get("best_table_base_loss")
+            line += (f"  per base span-k {loss['final_eval_span_k_base_loss']:.3f} span-2k "
+                     f"{loss['final_eval_span_2k_base_loss']:.3f}" + (f" (best table {table:.3f})" if table else ""))
         line += f"  emb silhouette {emb['silhouette_central']:+.3f} kNN {emb['knn_central']:.3f}"
         if att:
             line += "  attention entropy by layer " + " ".join(f"{x:.2f}" for x in att["entropy_by_layer"])

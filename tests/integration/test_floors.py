@@ -14,6 +14,7 @@ from randommask.data.floors import compute_floors
 from randommask.data.prepare import prepare
 from randommask.data.stream import build_plan, validation_windows
 from randommask.data.tokenizer import NUM_SPECIAL
+from randommask.training.baseloss import per_base_sums
 from randommask.training.config import load_config
 from randommask.training.driver import run_floors
 from randommask.training.model import STATS, SparseMLM, mlm_forward
@@ -105,3 +106,18 @@ def test_a_model_that_copies_kept_tokens_scores_at_the_floor_on_mask_inputs(prep
     # the all-label loss is fooled by the copies: 0.8 H + 0.1 ln 2 + 0.1 (ln 2 + H), 7.49 for E. coli
     h = floors["context_free"]
     assert loss.item() == pytest.approx(0.9 * h + 0.2 * math.log(2), abs=0.1) and loss.item() < h - 0.6
+    # The per-base references: count tables of the flanks a little under chance on E. coli, the best
+    # one (3-4 bases each side) near 1.30 nats; a perfect overlap reader that knows no DNA pays
+    # ln 4 per hidden base.
+    tables = floors["base_table"]
+    assert set(tables) == {"1", "2", "3", "4"} and 1.25 < min(tables.values()) < tables["1"] < math.log(4)
+    assert floors["overlap_only_span_k"] > floors["eval_span_k_overlap"] and floors["overlap_only_span_2k"] > 2 * LN4
+    assert floors["overlap_only_span_k"] == pytest.approx(floors["eval_span_k_overlap"] * LN4 / floors["overlap_per_base"],
+                                                          rel=1e-3)
+    # The k-mer frequency model on the per-base loss: restricted to the visible flanks it is a count
+    # table, between chance and the best table; so "below the best table" is knowledge beyond counting.
+    for name in ("span_k", "span_2k"):
+        inputs, labels = eval_sets(cfg)[name]
+        n = int((labels != -100).sum())
+        total, bases = per_base_sums(log_freq.double().expand(n, -1), inputs, labels, 6)
+        assert bases > 1000 and min(tables.values()) < total / bases < LN4, (name, total / bases)

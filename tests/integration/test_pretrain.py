@@ -34,10 +34,14 @@ def test_tiny_run_writes_metrics_floors_and_a_loadable_model(tiny_run):
     evals = [x for x in m if "eval_span_k_loss" in x]
     assert [x["step"] for x in evals] == [50, 100, 150]
     for x in evals:
-        assert {f"eval_span_{s}_{key}" for s in ("k", "2k") for key in ("loss", "acc", "mask_loss", "mask_acc")} <= set(x)
+        assert {f"eval_span_{s}_{key}" for s in ("k", "2k")
+                for key in ("loss", "acc", "mask_loss", "mask_acc", "base_loss")} <= set(x)
+        assert 1.0 < x["eval_span_k_base_loss"] < 1.45 and 1.0 < x["eval_span_2k_base_loss"] < 1.45  # chance: 1.386
     assert {6, 8, 10, 12, 14} == {x["span_max"] for x in m}
     floors = json.loads((run / "floors.json").read_text())
     assert summary["floors"] == floors and floors["context_free"] == pytest.approx(8.17, abs=0.03)
+    assert {"overlap_only_span_k", "overlap_only_span_2k", "base_table"} <= set(floors)
+    assert summary["eval_span_k_base_loss"] == evals[-1]["eval_span_k_base_loss"]
     assert summary["eval_span_k_mask_loss"] == evals[-1]["eval_span_k_mask_loss"]
     model = AutoModelForMaskedLM.from_pretrained(run / "final")
     tok = AutoTokenizer.from_pretrained(run / "final")

@@ -26,6 +26,7 @@ The others are in nats, per [MASK] position. Runs write them to ``<run>/floors.j
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -153,7 +154,28 @@ def floor_lines(floors: dict | None, eval_set: str = "span_k") -> list[tuple[flo
         lines.append((floors["context_free"], f"context-free floor ({floors['k']}-mer frequencies)"))
     if floors.get(f"eval_{eval_set}_overlap") is not None:
         lines.append((floors[f"eval_{eval_set}_overlap"], f"{eval_set.replace('_', '-')} overlap reference (approx.)"))
+    if floors.get(f"overlap_only_{eval_set}") is not None:
+        lines.append((floors[f"overlap_only_{eval_set}"],
+                      f"{eval_set.replace('_', '-')} overlap only (reads every visible base, knows no DNA)"))
     return lines
+
+
+def base_lines(floors: dict | None) -> list[tuple[float, str]]:
+    """(value, label) of the per-base loss's references: chance and the best count table."""
+    lines = [(round(math.log(4), 4), "chance (ln 4)")]
+    best = best_table(floors)
+    if best is not None:
+        lines.append((best[1], f"best count table ({best[0]} base(s) each side)"))
+    return lines
+
+
+def best_table(floors: dict | None) -> tuple[str, float] | None:
+    """(m, loss) of the lowest held-out ``base_table`` loss, if the floors have the tables."""
+    tables = {m: v for m, v in ((floors or {}).get("base_table") or {}).items() if v is not None}
+    if not tables:
+        return None
+    m = min(tables, key=tables.get)
+    return m, tables[m]
 
 
 def visible_bases(shows: "torch.Tensor", k: int, stride: int = 1) -> "torch.Tensor":

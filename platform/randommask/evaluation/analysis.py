@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from randommask.common import rundir, storage
+from randommask.data.floors import best_table
 from randommask.errors import UserError
 
 ProgressFn = Callable[[int], None]
@@ -108,7 +109,8 @@ def loss_dynamics(history: list[dict], floors: dict | None = None) -> dict[str, 
             jumps.append({"step": int(steps[i]), "span": int(spans[i]), "loss_change": float(after.mean() - before.mean())})
         out["phase_jumps"] = jumps
     for metric in ("eval_span_k_mask_loss", "eval_span_2k_mask_loss", "eval_span_k_mask_acc", "eval_span_2k_mask_acc",
-                   "eval_span_k_loss", "eval_span_2k_loss", "eval_span_k_acc", "eval_span_2k_acc"):
+                   "eval_span_k_loss", "eval_span_2k_loss", "eval_span_k_acc", "eval_span_2k_acc",
+                   "eval_span_k_base_loss", "eval_span_2k_base_loss"):
         evals = [x[metric] for x in history if x.get(metric) is not None]
         if evals:
             out[f"final_{metric}"] = float(evals[-1])
@@ -118,13 +120,17 @@ def loss_dynamics(history: list[dict], floors: dict | None = None) -> dict[str, 
 
 
 def between_floors(loss: float | None, floors: dict | None) -> dict[str, Any]:
-    """Where a span-k [MASK]-only loss stands: ``floor_context_free`` and ``floor_span_k_overlap``
-    beside it, ``below_context_free`` (nats) and ``collapse_progress`` (0 at the context-free floor,
+    """Where a span-k [MASK]-only loss stands: ``floor_context_free``, ``floor_span_k_overlap`` and
+    the overlap-only references beside it (with the best count table's per-base loss, for the
+    per-base losses), ``below_context_free`` (nats) and ``collapse_progress`` (0 at the context-free floor,
     1 at the overlap reference)."""
     if not floors or floors.get("context_free") is None:
         return {}
     top, ref = floors["context_free"], floors.get("eval_span_k_overlap")
-    out = {"floor_context_free": top, "floor_span_k_overlap": ref}
+    best = best_table(floors)
+    out = {"floor_context_free": top, "floor_span_k_overlap": ref,
+           "overlap_only_span_k": floors.get("overlap_only_span_k"), "overlap_only_span_2k": floors.get("overlap_only_span_2k"),
+           "best_table_base_loss": best[1] if best else None}
     if loss is not None:
         out["below_context_free"] = top - loss
         if ref is not None and top > ref:

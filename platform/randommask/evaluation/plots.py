@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from randommask.training.plots import colours, draw_floors, plt, save_png, series
+from randommask.training.plots import colours, draw_base_losses, draw_floors, plt, save_png, series
 
 
 def loss_dynamics_png(runs: dict[str, Sequence[dict]], floors: dict | None = None) -> bytes:
-    """PNG bytes, four panels over steps, runs in one colour each: training loss on [MASK] inputs
+    """PNG bytes, five panels over steps, runs in one colour each: training loss on [MASK] inputs
     (with the span boundary, faint, on a second axis), the fixed-mask validation losses on [MASK]
-    inputs against the floors, accuracy on [MASK] inputs, and the boundary."""
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
-    (a_loss, a_eval), (a_acc, a_span) = axes
+    inputs against the floors, the per-base losses against chance and the best count table,
+    accuracy on [MASK] inputs, and the boundary."""
+    fig, axes = plt.subplots(2, 3, figsize=(18, 8), dpi=100)
+    (a_loss, a_eval, a_base), (a_acc, a_span, a_free) = axes
+    a_free.set_visible(False)
+    draw_base_losses(a_base, runs, floors)
     span_ax = a_loss.twinx()
     for i, (label, lines) in enumerate(runs.items()):
         c = colours()[i % len(colours())]

@@ -39,10 +39,37 @@ def draw_floors(ax, floors: dict | None, eval_sets: Sequence[str] = ("span_k",))
             ax.set_ylim(min(lo, value - 0.3), max(hi, value + 0.3))
 
 
+def draw_base_losses(ax, runs: dict[str, Sequence[dict]], floors: dict | None) -> None:
+    """The per-base losses (nats per hidden base) of each run, with chance and the best count table."""
+    from randommask.data.floors import base_lines
+
+    for i, (label, lines) in enumerate(runs.items()):
+        prefix = f"{label}: " if len(runs) > 1 else ""
+        for key, style, name in (("eval_span_k_base_loss", "--", "span k"), ("eval_span_2k_base_loss", ":", "span 2k")):
+            xs, ys = series(lines, key)
+            if xs:
+                ax.plot(xs, ys, style, color=colours()[i % len(colours())], lw=1.6, marker="o", ms=3,
+                        label=f"{prefix}{name} per base")
+    for value, label in base_lines(floors):
+        ax.axhline(value, color="black" if label.startswith("chance") else "dimgrey", lw=1, ls="--", alpha=0.7,
+                   label=f"{label}: {value:.3f}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("eval loss per hidden base (nats)")
+    ax.set_title("what the model knows about hidden bases", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+
+
 def loss_curves_png(runs: dict[str, Sequence[dict]], title: str = "", floors: dict | None = None) -> bytes:
     """PNG bytes: losses on [MASK] inputs per step (train solid, eval dashed/dotted), the run's floors
-    as horizontal lines, the boundary on a second axis. ``runs`` maps a label to metrics.jsonl lines."""
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=110)
+    as horizontal lines, the boundary on a second axis; beside them, when the runs have them, the
+    per-base losses against chance and the best count table. ``runs`` maps a label to metrics.jsonl lines."""
+    per_base = any(series(lines, "eval_span_k_base_loss")[0] for lines in runs.values())
+    fig, axes = plt.subplots(1, 2 if per_base else 1, figsize=(15 if per_base else 9, 5), dpi=110,
+                             gridspec_kw={"width_ratios": [3, 2]} if per_base else None, squeeze=False)
+    ax = axes[0][0]
+    if per_base:
+        draw_base_losses(axes[0][1], runs, floors)
     span_ax = ax.twinx()
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, lines) in enumerate(runs.items()):
@@ -67,8 +94,10 @@ def loss_curves_png(runs: dict[str, Sequence[dict]], title: str = "", floors: di
     handles = ax.get_legend_handles_labels()
     span_handles = span_ax.get_legend_handles_labels()
     entries = (handles[0] + span_handles[0], handles[1] + span_handles[1])
-    if len(entries[0]) > 4:  # keep the legend off the curves
-        fig.set_size_inches(13, 5)
+    if per_base:  # the [MASK] losses fall from the top floor to the bottom lines: the middle is free
+        ax.legend(*entries, fontsize=7, loc="center right")
+    elif len(entries[0]) > 4:  # keep the legend off the curves
+        fig.set_size_inches(fig.get_size_inches()[0] + 4, 5)
         ax.legend(*entries, fontsize=8, loc="upper left", bbox_to_anchor=(1.1, 1.0), borderaxespad=0)
     else:
         ax.legend(*entries, fontsize=8, loc="upper right")
@@ -82,7 +111,12 @@ def eval_curves_png(runs: dict[str, Sequence[dict]], title: str = "", key: str =
     for label, lines in runs.items():
         xs, ys = series(lines, key)
         ax.plot(xs, ys, marker="o", ms=3, lw=1.4, label=label)
-    if key.startswith("eval_span_k"):
+    if key.endswith("_base_loss"):
+        from randommask.data.floors import base_lines
+
+        for value, label in base_lines(floors):
+            ax.axhline(value, color="dimgrey", lw=1, ls="--", alpha=0.7, label=f"{label}: {value:.3f}")
+    elif key.startswith("eval_span_k"):
         draw_floors(ax, floors, ("span_k",))
     elif key.startswith("eval_span_2k"):
         draw_floors(ax, floors, ("span_2k",))
