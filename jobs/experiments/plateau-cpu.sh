@@ -49,7 +49,13 @@ collect() {  # the small, durable results
   for z in "$OUT"/zeroshot/*.json; do
     [ -f "$z" ] && cp "$z" "$KEEP/$(basename "$z")"
   done
-  return 0
+  # Written aside and renamed, so a failure leaves the last summary whole; it warns rather than
+  # stopping hours of runs over a table.
+  if ${PYTHON:-.venv/bin/python} jobs/experiments/plateau_cpu_summary.py "$KEEP" > "$KEEP/summary.md.tmp"; then
+    mv "$KEEP/summary.md.tmp" "$KEEP/summary.md"
+  else
+    rm -f "$KEEP/summary.md.tmp"; echo "plateau-cpu: summary.md not updated (see the error above)" >&2
+  fi
 }
 
 zeroshot() {  # the final and each 1,000-step checkpoint, on the same held-out positions

@@ -1,0 +1,103 @@
+"""summary.md of the plateau experiment (docs/experiments.md section 4) from the files in its folder:
+where each run stands, span's plateau by the rule written before the runs, the per-base and
+[MASK]-only losses beside their references, zero-shot against the count tables, and, once a seed
+pair is complete, the paired differences. Usage: plateau_cpu_summary.py DIR > DIR/summary.md"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+
+ARMS = ("span", "randommask", "wide-now")
+KEYS = ("eval_span_k_base_loss", "eval_span_2k_base_loss", "eval_span_k_mask_loss", "eval_span_2k_mask_loss")
+MAX_STEPS = 15000
+
+
+def evals(path: Path) -> dict[int, dict]:
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return {x["step"]: x for x in lines if "eval_span_k_base_loss" in x}
+
+
+def plateau(ev: dict[int, dict], drop: float = 0.02) -> int | None:
+    """The first multiple of 1,000 at which span-k [MASK] loss fell by less than ``drop`` over each
+    of the two 1,000-step windows ending there."""
+    loss = {s: x["eval_span_k_mask_loss"] for s, x in ev.items()}
+    for s in sorted(loss):
+        if s % 1000 or s < 2000 or any(t not in loss for t in (s - 2000, s - 1000)):
+            continue
+        if loss[s - 2000] - loss[s - 1000] < drop and loss[s - 1000] - loss[s] < drop:
+            return s
+    return None
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def main(folder: str) -> None:
+    d = Path(folder)
+    floors = json.loads((d / "floors.json").read_text()) if (d / "floors.json").exists() else {}
+    tables = floors.get("base_table") or {}
+    best = min(tables.values()) if tables else None
+    runs = {p.name.split(".")[0]: evals(p) for p in sorted(d.glob("*.metrics.jsonl"))}
+    out = ["# plateau-cpu: summary", "",
+           "Written by `jobs/experiments/plateau_cpu_summary.py` from this folder; read with docs/experiments.md "
+           "section 4 (the reading rule was written there before the runs finished).", ""]
+    if (d / "provenance.txt").exists():
+        out += [(d / "provenance.txt").read_text().strip() + ".", ""]
+    out += [f"References: per-base chance {math.log(4):.3f}; count tables (m bases each side) "
+            + ", ".join(f"m={m} {v:.3f}" for m, v in sorted(tables.items()))
+            + f"; overlap only ([MASK] loss of a reader that knows no DNA) span-k {fmt(floors.get('overlap_only_span_k'))}, "
+            f"span-2k {fmt(floors.get('overlap_only_span_2k'))}; context-free floor {fmt(floors.get('context_free'))}.", ""]
+    out += ["## Where each run stands", "", "| run | last eval step | of | span-k per base | span-2k per base | "
+            "span-k [MASK] | span-2k [MASK] | span's plateau (rule) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, ev in runs.items():
+        if not ev:
+            continue
+        last = ev[max(ev)]
+        p = plateau(ev) if name.startswith("span-") else None
+        note = (f"step {p}" if p else "not yet") if name.startswith("span-") else ""
+        out.append(f"| {name} | {max(ev):,} | {MAX_STEPS:,} | " + " | ".join(fmt(last.get(k)) for k in KEYS) + f" | {note} |")
+    out += ["", "## Every 1,000 steps (per-base span-k / span-2k, nats per hidden base)", "",
+            "| step | " + " | ".join(runs) + " |", "|---:|" + "---:|" * len(runs)]
+    steps = sorted({s for ev in runs.values() for s in ev if s % 1000 == 0})
+    for s in steps:
+        cells = [f"{fmt(ev[s]['eval_span_k_base_loss'])} / {fmt(ev[s]['eval_span_2k_base_loss'])}" if s in ev else ""
+                 for ev in runs.values()]
+        out.append(f"| {s:,} | " + " | ".join(cells) + " |")
+    zs = {p.name.split(".")[0]: json.loads(p.read_text()) for p in sorted(d.glob("*.zeroshot.json"))
+          if ".step" not in p.name}
+    if zs:
+        out += ["", "## Zero-shot on the finals (mean log P(ref), 5,000 held-out positions, both strands)", "",
+                "| run | model | ± | best table | model − best table | ± |", "|---|---:|---:|---:|---:|---:|"]
+        for name, z in zs.items():
+            out.append(f"| {name} | {z['mean_log_p_ref']:.4f} | {z['sem']:.4f} | {z['tables'][z['best_table']]:.4f} | "
+                       f"{z['vs_best_table']:+.4f} | {z['vs_best_table_sem']:.4f} |")
+    done = {n for n, ev in runs.items() if ev and max(ev) >= MAX_STEPS}
+    seeds = sorted({n.rsplit("-s", 1)[1] for n in done})
+    pairs = [s for s in seeds if all(f"{a}-s{s}" in done for a in ARMS[:2])]
+    out += ["", "## Paired by seed (final step)", ""]
+    if not pairs:
+        out.append("No seed pair of `span` and `randommask` is complete yet: nothing is read against the rule.")
+    else:
+        out += ["| seed | key | span | randommask | wide-now | span − randommask |", "|---|---|---:|---:|---:|---:|"]
+        for s in pairs:
+            for k in KEYS[:2]:
+                v = {a: runs[f"{a}-s{s}"][MAX_STEPS][k] if f"{a}-s{s}" in done else None for a in ARMS}
+                out.append(f"| {s} | {k} | {fmt(v['span'])} | {fmt(v['randommask'])} | {fmt(v['wide-now'])} | "
+                           f"{v['span'] - v['randommask']:+.3f} |")
+        for a in ARMS:
+            finals = [runs[f"{a}-s{s}"][MAX_STEPS]["eval_span_k_base_loss"] for s in seeds if f"{a}-s{s}" in done]
+            if len(finals) > 1:
+                out.append(f"\n{a}: seed spread of the span-k per-base loss {statistics.stdev(finals):.4f} ({len(finals)} seeds)")
+    if best is not None:
+        out += ["", f"Best count table: {best:.3f} nats per base. A per-base loss below it is DNA knowledge beyond "
+                "counting flanks."]
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
