@@ -17,6 +17,11 @@ from randommask.data.tokenizer import COMPLEMENT_CODE, MASK, KmerTokenizer, reve
 STRANDS = ("both", "forward")
 
 
+def centred_window(window_bp: int) -> int:
+    """The odd window length used for ``window_bp``: centred on the base, so both strands see the same bases."""
+    return window_bp - (1 - window_bp % 2)
+
+
 def masked_windows(codes: np.ndarray, q: int, tok: KmerTokenizer) -> tuple[np.ndarray, np.ndarray]:
     """(N, W) windows of valid codes (0-3) and the base position ``q`` -> token ids (N, L) with the tokens
     that cover q set to [MASK], and the ids of the four candidate k-mers at each of them (N, M, 4):

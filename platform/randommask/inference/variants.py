@@ -30,7 +30,14 @@ import numpy as np
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
 from randommask.inference import runtime
-from randommask.inference.centre import STRANDS, base_log_probs, combine_strands, masked_windows, strand_windows
+from randommask.inference.centre import (
+    STRANDS,
+    base_log_probs,
+    centred_window,
+    combine_strands,
+    masked_windows,
+    strand_windows,
+)
 
 KEY = ["chrom", "pos", "id", "ref", "alt"]
 BASES = "ACGT"
@@ -182,7 +189,7 @@ def score_variants(checkpoint: str, fasta: str, vcf: str, out: str, window_bp: i
     if strands not in STRANDS:
         raise UserError(f"--strands {strands}: choose one of {', '.join(STRANDS)}")
     window = min(window_bp or max_bp, max_bp)
-    window -= 1 - window % 2  # odd: centred on the variant, so both strands see the same bases
+    window = centred_window(window)
     if window < tok.k:
         raise UserError(f"--window-bp {window_bp}: shorter than one {tok.k}-mer")
     fasta_io.open_fasta(fasta, storage_options, log)  # index it once, here, before the workers read it

@@ -22,7 +22,14 @@ from randommask.data.floors import BASE_TABLE_FLANKS, base_table, split_codes
 from randommask.data.tokenizer import INVALID
 from randommask.errors import UserError
 from randommask.inference import runtime
-from randommask.inference.centre import STRANDS, base_log_probs, combine_strands, masked_windows, strand_windows
+from randommask.inference.centre import (
+    STRANDS,
+    base_log_probs,
+    centred_window,
+    combine_strands,
+    masked_windows,
+    strand_windows,
+)
 
 
 def training_window(checkpoint: str) -> int | None:
@@ -108,7 +115,7 @@ def zeroshot(checkpoint: str, prepared: str, out: str, positions: int = 5000, se
     tok, config = runtime.model_limits(checkpoint, storage_options)
     max_bp = (config.max_position_embeddings - 3) * tok.stride + tok.k
     window = min(window_bp or training_window(checkpoint) or max_bp, max_bp)
-    window -= 1 - window % 2  # odd: centred, so both strands see the same bases
+    window = centred_window(window)
     half = window // 2
     if half < max(BASE_TABLE_FLANKS) or window < tok.k:
         raise UserError(f"--window-bp {window}: needs at least {2 * max(BASE_TABLE_FLANKS) + 1} bases "

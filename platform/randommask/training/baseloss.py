@@ -61,7 +61,6 @@ def per_base_sums(logits: torch.Tensor, inputs: torch.Tensor, labels: torch.Tens
     truth = torch.where(labels == -100, inputs, labels)
     selected = labels != -100
     shows = ~selected & (truth >= NUM_SPECIAL)  # in the all-[MASK] inputs an unselected token is its truth
-    shows[:, 0] = False
     visible = visible_bases(shows, k, stride)  # (B, n_bases)
     n_bases = visible.shape[1]
     rows, toks = selected.nonzero(as_tuple=True)
