@@ -163,6 +163,9 @@ def ray_local(s3):
     from randommask.common.ray_runtime import ensure_ray
 
     os.environ.pop("RAY_ADDRESS", None)
+    # Workers push metrics to the node's agent every 10 s by default; a test that reads the endpoint
+    # waits less at 2 s (the exported series are the same).
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
     ensure_ray(num_cpus=2)
     yield ray
     ray.shutdown()
