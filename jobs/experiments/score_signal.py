@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "platform"))
 
 from randommask.data.tokenizer import CODE_OF_BYTE, MASK, PAD  # noqa: E402
 from randommask.inference import fasta as fasta_io  # noqa: E402
+from randommask.inference.alleles import ACGT  # noqa: E402
 from randommask.inference.runtime import load_model  # noqa: E402
-from randommask.inference.variants import BASES, score_variants, windows  # noqa: E402
+from randommask.inference.variants import score_variants, windows  # noqa: E402
 
 # Forward strand only: this records the comparison made before score-variants averaged both strands.
 
@@ -51,7 +52,7 @@ def held_out(prepared: str, fasta: str, window_bp: int, positions: int, seed: in
         name = manifest["records"][b["record"]]["name"]
         p = int(rng.integers(b["start"] + margin, b["end"] - margin))
         rows.append((name, p + 1, fa[name][p].upper()))
-    return [r for r in rows if r[2] in BASES]
+    return [r for r in rows if r[2] in ACGT]
 
 
 def signal(rows, fasta: str, window_bp: int, models: list[str]) -> None:
@@ -75,8 +76,8 @@ def signal(rows, fasta: str, window_bp: int, models: list[str]) -> None:
 
 
 def combinations(rows, fasta: str, window_bp: int, models: list[str]) -> None:
-    batch = {"chrom": np.array([r[0] for r in rows], dtype=object), "pos": np.array([r[1] for r in rows]),
-             "ref": np.array([r[2] for r in rows], dtype=object), "alt": np.array(["A"] * len(rows), dtype=object)}
+    batch = {"chrom": np.array([r[0] for r in rows], dtype=object), "norm_pos": np.array([r[1] for r in rows]),
+             "norm_ref": np.array([r[2] for r in rows], dtype=object), "error": np.array([""] * len(rows), dtype=object)}
     w = windows(batch, fasta, 6, 1, window_bp, strands="forward")
     for spec in models:
         label, ckpt = spec.split("=", 1) if "=" in spec else (spec, spec)

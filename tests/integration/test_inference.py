@@ -54,11 +54,40 @@ def test_scores_are_antisymmetric_zero_for_ref_and_handle_edges_ns_and_mismatche
     rows += [(CHROM, 1500, "same", seq[1499], seq[1499]), (CHROM, 700, "mismatch", other[seq[699]], seq[699]),
              ("chrN", 100, "in-N", "N", "A"), ("chrN", 78, "near-N", contigs["chrN"][77], "A"),
              ("chrN", 40, "clear", contigs["chrN"][39], other[contigs["chrN"][39]])]
+    # Every allele gets a row: padded SNVs scored where they are, the unscorable with their reason.
+    rows += [("T", 1500, "alias", seq[1499], other[seq[1499]]),  # chrT without its prefix
+             (CHROM, 1499, "padded", seq[1498:1500], seq[1498] + other[seq[1499]]),
+             (CHROM, 800, "mnv", seq[799:801], other[seq[799]] + other[seq[800]]),
+             (CHROM, 900, "del", seq[899:901], seq[899]), (CHROM, 950, "sym", seq[949], "<DEL>"),
+             ("chrZ", 5, "nocontig", "A", "G")]
     out = tmp_path / "scores"
+    said = []
     s = score_variants(str(tiny_checkpoint), str(path), str(_variants_file(tmp_path / "v.vcf", rows)), str(out),
-                       window_bp=128, batch_size=4, log=QUIET)
+                       window_bp=128, batch_size=4, log=said.append)
     t = _table(out)
-    assert s["scored"] + s["errors"] == len(rows) and s["errors"] == 3
+    assert len(t) == len(rows) and s["scored"] + s["errors"] == len(rows) and s["errors"] == 7
+    assert s["not_scored"] == {"symbolic": 1, "indel": 1, "MNV": 1, "non-ACGT": 1, "contig": 1, "REF mismatch": 1,
+                               "N nearby": 1}
+    assert s["contig_aliases"] == {"T": "chrT"} and any("T -> chrT" in line for line in said)
+    for vid in ("alias", "padded"):  # the same SNV as v1500, so the same score; the input kept beside it
+        assert t[vid]["llr"] == pytest.approx(t["v1500"]["llr"], abs=1e-6), vid
+        assert (t[vid]["norm_pos"], t[vid]["norm_ref"], t[vid]["norm_alt"]) == (1500, seq[1499], other[seq[1499]])
+    assert (t["padded"]["pos"], t["padded"]["ref"]) == (1499, seq[1498:1500]) and t["alias"]["chrom"] == "T"
+    assert t["mnv"]["error"].startswith("MNV:") and t["del"]["error"].startswith("indel:")
+    assert t["sym"]["error"].startswith("symbolic:") and t["nocontig"]["error"] == "contig: chrZ is not in the FASTA"
+    assert all(t[v]["llr"] is None for v in ("mnv", "del", "sym", "nocontig"))
+    # A table of the same variants gives the same rows.
+    tsv = tmp_path / "v.tsv"
+    tsv.write_text("chrom\tpos\tid\tref\talt\n" + "".join(f"{c}\t{p}\t{i}\t{r}\t{a}\n" for c, p, i, r, a in rows))
+    from_table = score_variants(str(tiny_checkpoint), str(path), None, str(tmp_path / "from-table"), window_bp=128,
+                                variants=str(tsv), log=QUIET)
+    assert from_table["not_scored"] == s["not_scored"]
+    t2 = _table(tmp_path / "from-table")
+    assert t2.keys() == t.keys()
+    for vid, row in t.items():
+        assert {**t2[vid], "llr": None, "p_ref": None, "p_alt": None, "entropy": None} == \
+            {**row, "llr": None, "p_ref": None, "p_alt": None, "entropy": None}
+        assert t2[vid]["llr"] == (None if row["llr"] is None else pytest.approx(row["llr"], abs=1e-6))
     for p in (1, 3, 6, 7, 1500, 2995, 3000, 40):  # contig ends too: fewer tokens cover the base there
         row = t[f"v{p}"] if p != 40 else t["clear"]
         assert row["error"] == "" and np.isfinite(row["llr"]), row
@@ -82,10 +111,26 @@ def test_scores_are_antisymmetric_zero_for_ref_and_handle_edges_ns_and_mismatche
     t2 = _table(out2)
     for p in (7, 1500, 2995):
         assert t2[f"v{p}"]["llr"] == pytest.approx(-t[f"v{p}"]["llr"], abs=1e-6)
-    # A rerun skips what is written; OUT holds only Parquet files.
+    # A rerun skips what is written; OUT holds Parquet files and the record of what made them.
     again = score_variants(str(tiny_checkpoint), str(path), str(tmp_path / "v.vcf"), str(out), window_bp=128, log=QUIET)
     assert again["skipped_done"] == len(rows) and again["seconds"] == 0.0
-    assert all(p.suffix == ".parquet" for p in out.iterdir())
+    assert {p.suffix for p in out.iterdir() if p.name != "_provenance.json"} == {".parquet"}
+    record = json.loads((out / "_provenance.json").read_text())
+    assert record["command"] == "score-variants" and record["checkpoint"] == str(tiny_checkpoint)
+    assert record["settings"] == {"k": 6, "stride": 1, "strands": "both", "window_bp": 127}
+    assert len(record["weights_sha256"]) == 64
+    assert json.loads(pq.read_schema(next(out.glob("*.parquet"))).metadata[b"randommask"]) == record
+    # Other settings into the same OUT: refused in one line naming the difference, OUT untouched ...
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(UserError, match=r"holds results of other settings \(window_bp 127 there, 63 now\).*--overwrite"):
+        score_variants(str(tiny_checkpoint), str(path), str(tmp_path / "v.vcf"), str(out), window_bp=64, log=QUIET)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # ... unless --overwrite, which starts afresh: every row again, under the new record.
+    fresh = score_variants(str(tiny_checkpoint), str(path), str(tmp_path / "v.vcf"), str(out), window_bp=64,
+                           overwrite=True, log=QUIET)
+    assert fresh["skipped_done"] == 0 and fresh["scored"] + fresh["errors"] == len(rows)
+    assert len(pq.read_table(out)) == len(rows)
+    assert json.loads((out / "_provenance.json").read_text())["settings"]["window_bp"] == 63
 
 
 @pytest.mark.ray
@@ -158,9 +203,15 @@ def test_embeddings_equal_a_direct_forward_tile_long_regions_and_resume(ray_loca
     # --no-tile refuses, in one line; a rerun skips what is there
     with pytest.raises(UserError, match="--no-tile: region whole .* needs 2995 k-mer tokens, the model takes 295"):
         embed(str(tiny_checkpoint), str(path), str(bed), str(tmp_path / "no"), window_bp=300, tile=False, log=QUIET)
-    again = embed(str(tiny_checkpoint), str(path), str(bed), str(out), window_bp=300, log=QUIET)
+    # The same weights copied elsewhere resume (the digest is the identity); another layer is refused.
+    copy = shutil.copytree(tiny_checkpoint, tmp_path / "copied-model")
+    notes = []
+    again = embed(str(copy), str(path), str(bed), str(out), window_bp=300, log=notes.append)
     assert again["skipped"] == 3 and again["embedded"] == 0
-    assert all(p.suffix == ".parquet" for p in out.iterdir())
+    assert any("the same weights, so it resumes" in n for n in notes)
+    with pytest.raises(UserError, match=r"layer -1 there, 1 now"):
+        embed(str(copy), str(path), str(bed), str(out), window_bp=300, layer=1, log=QUIET)
+    assert {p.suffix for p in out.iterdir() if p.name != "_provenance.json"} == {".parquet"}
 
 
 @pytest.mark.ray
@@ -181,8 +232,10 @@ def test_both_commands_from_s3_through_the_cli(ray_local, s3, genome, tiny_check
     assert res.returncode == 0, res.stderr[-2000:]
     assert "embedded 2 region(s)" in res.stdout and "fetching s3://inference/g.fa.gz" in res.stdout + res.stderr
     assert "plain gzip" in res.stdout + res.stderr
-    names = [p.name for p in (bucket / "emb").iterdir()]
+    names = [p.name for p in (bucket / "emb").iterdir() if p.name != "_provenance.json"]
     assert names and all(n.endswith(".parquet") for n in names)
+    record = json.loads((bucket / "emb" / "_provenance.json").read_text())  # written to S3 like the results
+    assert record["checkpoint"] == "s3://inference/model" and record["settings"]["max_kmers"] == 195
     res = run_cli("score-variants", "s3://inference/model", "--fasta", "s3://inference/g.fa.gz", "--vcf",
                   "s3://inference/v.vcf", "--out", "s3://inference/scores", "--window-bp", "128", timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-2000:]

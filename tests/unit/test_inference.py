@@ -14,9 +14,10 @@ import pytest
 from conftest import random_dna, write_fasta
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
+from randommask.inference.alleles import reason_kind
 from randommask.inference.centre import base_log_probs, combine_strands
 from randommask.inference.regions import read_bed, tiles
-from randommask.inference.variants import read_vcf
+from randommask.inference.variant_inputs import read_vcf
 
 QUIET = lambda *_: None  # noqa: E731
 CHROM = "chrT"
@@ -134,8 +135,9 @@ def test_the_four_base_distribution(tmp_path):
     vcf = tmp_path / "v.vcf.gz"
     vcf.write_bytes(gzip.compress(b"##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n"
                                   b"c\t5\ta\tA\tG,T\nc\t6\tb\tAC\tA\nc\t7\tc\tA\t<DEL>\nc\t8\td\tA\t*\n"))
-    variants, skipped = read_vcf(str(vcf))
-    assert [(v.pos, v.alt) for v in variants] == [(5, "G"), (5, "T")] and skipped == {"indel": 1, "symbolic": 2}
+    alleles = read_vcf(str(vcf))  # every ALT a row, the unscorable with their reason
+    assert [(a.pos, a.alt, reason_kind(a.reason)) for a in alleles] == [
+        (5, "G", ""), (5, "T", ""), (6, "A", "indel"), (7, "<DEL>", "symbolic"), (8, "*", "symbolic")]
     bad = tmp_path / "bad.vcf"
     bad.write_text("#CHROM\tPOS\tID\tREF\tALT\nc\tfive\ta\tA\tG\n")
     with pytest.raises(UserError, match="line 2: POS 'five' is not an integer"):

@@ -72,3 +72,22 @@ def node_checkpoint(ckpt: str, storage_options: dict | None = None) -> str:
         except OSError:  # another trial on this node got there first
             shutil.rmtree(tmp, ignore_errors=True)
     return resolve_checkpoint(str(final / "checkpoint"))
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def weights_digest(local_dir: str) -> str:
+    """sha256 over a local model directory's weight files (names and bytes, in name order): the
+    checkpoint's identity, wherever it was copied to. Config and tokenizer files do not enter it."""
+    root = Path(local_dir)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise UserError(f"{local_dir}: no weight file ({', '.join(WEIGHT_SUFFIXES)}) in this checkpoint")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()

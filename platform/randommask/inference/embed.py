@@ -19,6 +19,7 @@ import numpy as np
 
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
+from randommask.inference import provenance as prov_io
 from randommask.inference import runtime
 from randommask.inference.regions import read_bed, tiles
 
@@ -45,9 +46,9 @@ class Embedder:
     """Ray Data actor: the encoder, loaded once; pools each region's tiles into one vector."""
 
     def __init__(self, checkpoint: str, pool: str, layer: int, gpu: bool, threads: int | None,
-                 storage_options: dict | None = None) -> None:
+                 storage_options: dict | None = None, provenance: dict | None = None) -> None:
         self.model, _, self.device = runtime.load_model(checkpoint, "encoder", gpu, threads, storage_options)
-        self.pool, self.layer = pool, layer
+        self.pool, self.layer, self.provenance = pool, layer, provenance
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
@@ -55,11 +56,12 @@ class Embedder:
         vectors = self.embed(list(batch["ids"]))
         dim = vectors.shape[1]
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
-        return pa.table({"chrom": pa.array([str(c) for c in batch["chrom"]]),
-                         "start": pa.array(batch["start"].astype(np.int64)),
-                         "end": pa.array(batch["end"].astype(np.int64)),
-                         "name": pa.array([str(n) for n in batch["name"]]),
-                         "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
+        table = pa.table({"chrom": pa.array([str(c) for c in batch["chrom"]]),
+                          "start": pa.array(batch["start"].astype(np.int64)),
+                          "end": pa.array(batch["end"].astype(np.int64)),
+                          "name": pa.array([str(n) for n in batch["name"]]),
+                          "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
+        return prov_io.with_metadata(table, self.provenance) if self.provenance else table
 
     def embed(self, regions: list[np.ndarray]) -> np.ndarray:
         """One vector per region from its tiles' token ids (each (n_tiles, width), [PAD]-padded)."""
@@ -103,8 +105,8 @@ class Embedder:
 
 def embed(checkpoint: str, fasta: str, regions: str, out: str, pool: str = "mean", layer: int = -1,
           batch_size: int = 64, window_bp: int | None = None, tile: bool = True, actors: int = 1,
-          cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, storage_options: dict | None = None,
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, overwrite: bool = False,
+          storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Embed every region of the BED file into Parquet files under ``out``; returns a summary."""
     if pool not in ("mean", "cls"):
         raise UserError(f"--pool {pool!r}: choose mean or cls")
@@ -128,6 +130,9 @@ def embed(checkpoint: str, fasta: str, regions: str, out: str, pool: str = "mean
             if need > max_kmers:
                 raise UserError(f"--no-tile: region {r.name} ({r.chrom}:{r.start}-{r.end}) needs {need} k-mer tokens, "
                                 f"the model takes {max_kmers}; drop --no-tile to embed it in tiles")
+    prov = prov_io.provenance("embed", checkpoint, {"pool": pool, "layer": layer, "max_kmers": max_kmers,
+                                                    "tile": tile}, storage_options)
+    prov_io.claim(out, prov, overwrite, storage_options, log)
     done = runtime.written_keys(out, KEY, storage_options)
     todo = [r for r in regs if (r.chrom, r.start, r.end, r.name) not in done]
     n_tiles = sum(len(tiles(r.end - r.start, max_kmers, tok.k, tok.stride)) for r in todo)
@@ -141,7 +146,7 @@ def embed(checkpoint: str, fasta: str, regions: str, out: str, pool: str = "mean
             rows, out, tokenize_regions,
             dict(fasta=fasta, k=tok.k, stride=tok.stride, max_kmers=max_kmers, storage_options=storage_options),
             Embedder, dict(checkpoint=checkpoint, pool=pool, layer=layer, gpu=gpus_per_actor > 0,
-                           threads=max(1, int(cpus_per_actor)), storage_options=storage_options),
+                           threads=max(1, int(cpus_per_actor)), storage_options=storage_options, provenance=prov),
             batch_size, actors, cpus_per_actor, gpus_per_actor, storage_options)
         summary["seconds"] = ran["seconds"]
         summary["tokens"] = sum(tok.num_kmers(r.end - r.start) for r in todo)

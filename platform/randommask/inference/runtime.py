@@ -66,11 +66,12 @@ def model_limits(checkpoint: str, storage_options: dict | None = None) -> tuple[
 
 def parquet_files(out: str, storage_options: dict | None = None) -> list[str]:
     """The Parquet files under OUT (names starting with ``_`` or ``.`` are ours, not results)."""
-    if not storage.exists(out, storage_options):
-        return []
     fs, path = storage.filesystem(out, storage_options)
     try:
-        names = fs.find(path)
+        fs.invalidate_cache(path)  # Ray's writers add files after this process listed OUT (s3fs caches listings)
+        names = fs.find(path)  # [] where OUT does not exist
+    except FileNotFoundError:
+        return []
     except Exception as e:
         raise UserError(storage.describe_error(e, out)) from None
     keep = []
@@ -98,18 +99,16 @@ def written_keys(out: str, columns: list[str], storage_options: dict | None = No
     return keys
 
 
-def count_errors(out: str, storage_options: dict | None = None) -> int:
-    """Rows of OUT whose ``error`` column is not empty (variants reported, not scored)."""
-    return sum(sum(1 for e in col if e) for col in _columns(out, "error", storage_options))
-
-
-def _columns(out: str, column: str, storage_options: dict | None = None):
+def column_values(out: str, column: str, storage_options: dict | None = None) -> list:
+    """One column of every row in OUT's Parquet files, file by file."""
     import pyarrow.parquet as pq
 
     fs, _ = storage.filesystem(out, storage_options)
+    values: list = []
     for name in parquet_files(out, storage_options):
         with fs.open(name, "rb") as f:
-            yield pq.read_table(f, columns=[column]).column(column).to_pylist()
+            values.extend(pq.read_table(f, columns=[column]).column(column).to_pylist())
+    return values
 
 
 def run_pipeline(rows: list[dict], out: str, prepare: Callable, prepare_kwargs: dict, actor: type,

@@ -21,15 +21,16 @@ differ only at p. The output also has p_ref = P(ref), p_alt = P(alt), and the en
 
 from __future__ import annotations
 
-import io
-from dataclasses import dataclass
+from collections import Counter
 from typing import Any, Callable
 
 import numpy as np
 
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
+from randommask.inference import provenance as prov_io
 from randommask.inference import runtime
+from randommask.inference.alleles import REASONS, contig_aliases, reason_kind
 from randommask.inference.centre import (
     STRANDS,
     base_log_probs,
@@ -38,89 +39,48 @@ from randommask.inference.centre import (
     masked_windows,
     strand_windows,
 )
+from randommask.inference.variant_inputs import read_variants
 
 KEY = ["chrom", "pos", "id", "ref", "alt"]
-BASES = "ACGT"
-
-
-@dataclass(frozen=True)
-class Variant:
-    chrom: str
-    pos: int  # 1-based, as in the VCF
-    id: str
-    ref: str
-    alt: str
-
-
-def read_vcf(uri: str, storage_options: dict | None = None) -> tuple[list[Variant], dict[str, int]]:
-    """SNVs of a VCF (plain or gzip/bgzip), multi-allelic ALTs split; returns them and the counts of
-    what was skipped (indels, symbolic alleles)."""
-    out, skipped = [], {"indel": 0, "symbolic": 0}
-    header = False
-    for line_no, line in enumerate(io.StringIO(runtime.read_text(uri, "--vcf", storage_options)), start=1):
-        if line.startswith("##"):
-            continue
-        if line.startswith("#CHROM"):
-            header = True
-            continue
-        if not line.strip():
-            continue
-        fields = line.rstrip("\n\r").split("\t")
-        if len(fields) < 5:
-            raise UserError(f"--vcf {uri}: line {line_no}: expected tab-separated CHROM POS ID REF ALT, "
-                            f"got {len(fields)} column(s)")
-        chrom, pos, vid, ref, alts = fields[:5]
-        try:
-            pos_i = int(pos)
-        except ValueError:
-            raise UserError(f"--vcf {uri}: line {line_no}: POS {pos!r} is not an integer") from None
-        if pos_i < 1:
-            raise UserError(f"--vcf {uri}: line {line_no}: POS {pos_i} (VCF positions start at 1)")
-        for alt in alts.split(","):
-            if alt.startswith("<") or alt in ("*", ".") or "[" in alt or "]" in alt:
-                skipped["symbolic"] += 1
-            elif len(ref) != 1 or len(alt) != 1:
-                skipped["indel"] += 1
-            else:  # an N or IUPAC letter is reported on its row, not scored
-                out.append(Variant(chrom, pos_i, vid, ref.upper(), alt.upper()))
-    if not header and not out:
-        raise UserError(f"--vcf {uri}: not a VCF (no #CHROM header line and no variant)")
-    return out, skipped
 
 
 def windows(batch: dict[str, np.ndarray], fasta: str, k: int, stride: int, window_bp: int, strands: str = "both",
-            storage_options: dict | None = None) -> dict[str, np.ndarray]:
-    """Ray Data task: for each variant, the masked window of each strand (token ids, (S, L)) and the
-    ids of the four candidate k-mers at its masked tokens ((S, M, 4), by base code); or an error.
-    The window is centred on the variant (``window_bp`` odd), clipped at contig ends."""
+            aliases: dict[str, str] | None = None, storage_options: dict | None = None) -> dict[str, np.ndarray]:
+    """Ray Data task: for each allele not already refused, the masked window of each strand (token
+    ids, (S, L)) and the ids of the four candidate k-mers at its masked tokens ((S, M, 4), by base
+    code); or the reason it cannot be scored. The window is centred on the normalized position
+    (``window_bp`` odd), clipped at contig ends; ``aliases`` maps the variants' contig names to the
+    FASTA's."""
     from randommask.data.tokenizer import UNK, KmerTokenizer, codes_from_bytes
 
     fa = fasta_io.open_fasta(fasta, storage_options, log=lambda *_: None)
     lengths = fasta_io.contig_lengths(fa)
     tok = KmerTokenizer(k, stride)
+    aliases = aliases or {}
     ids_col, cand_col, errors = [], [], []
-    for chrom, pos, ref, alt in zip(batch["chrom"], batch["pos"], batch["ref"], batch["alt"]):
-        chrom, p, ref, alt = str(chrom), int(pos) - 1, str(ref), str(alt)
-        error, ids, cands = "", np.zeros((1, 0), np.int32), np.zeros((1, 0, 4), np.int32)
-        if ref not in BASES or alt not in BASES:
-            error = f"REF/ALT {ref}/{alt}: only A, C, G and T alleles can be scored"
-        elif chrom not in lengths:
-            error = f"contig {chrom} is not in the FASTA"
-        elif p >= lengths[chrom]:
-            error = f"position {p + 1} is past the end of {chrom} ({lengths[chrom]} bp)"
+    for chrom, pos, ref, error in zip(batch["chrom"], batch["norm_pos"], batch["norm_ref"], batch["error"]):
+        chrom, p, ref, error = str(chrom), int(pos) - 1, str(ref), str(error)
+        contig = aliases.get(chrom, chrom)
+        ids, cands = np.zeros((1, 0), np.int32), np.zeros((1, 0, 4), np.int32)
+        if error:
+            pass  # refused when read (indel, MNV, symbolic, non-ACGT)
+        elif contig not in lengths:
+            error = f"contig: {chrom} is not in the FASTA"
+        elif p >= lengths[contig]:
+            error = f"position: {p + 1} is past the end of {contig} ({lengths[contig]} bp)"
         else:
-            n = lengths[chrom]
+            n = lengths[contig]
             start = min(max(0, p - window_bp // 2), max(0, n - window_bp))
-            seq = fa[chrom][start : min(n, start + window_bp)]
+            seq = fa[contig][start : min(n, start + window_bp)]
             q = p - start
             if seq[q].upper() != ref:
-                error = f"REF {ref} does not match the genome ({seq[q].upper()}) at {chrom}:{p + 1}"
+                error = f"REF mismatch: REF {ref} does not match the genome ({seq[q].upper()}) at {contig}:{p + 1}"
             else:
                 codes = codes_from_bytes(seq.encode("latin-1"))[None, :]
                 parts = [masked_windows(c, at, tok) for c, at in strand_windows(codes, q, strands)]
                 cands = np.concatenate([c for _, c in parts])
                 if (cands == UNK).any():  # an N (or other letter) in a k-mer that covers p
-                    error = f"an N within {k - 1} bases of {chrom}:{p + 1}: no k-mer to score"
+                    error = f"N nearby: an N within {k - 1} bases of {contig}:{p + 1}; no k-mer to score"
                 else:
                     ids = np.concatenate([i for i, _ in parts]).astype(np.int32)
         ids_col.append(ids)
@@ -133,8 +93,10 @@ def windows(batch: dict[str, np.ndarray], fasta: str, k: int, stride: int, windo
 class Scorer:
     """Ray Data actor: the masked-LM, loaded once; scores each variant from its masked windows."""
 
-    def __init__(self, checkpoint: str, gpu: bool, threads: int | None, storage_options: dict | None = None) -> None:
+    def __init__(self, checkpoint: str, gpu: bool, threads: int | None, storage_options: dict | None = None,
+                 provenance: dict | None = None) -> None:
         self.model, _, self.device = runtime.load_model(checkpoint, "mlm", gpu, threads, storage_options)
+        self.provenance = provenance
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
@@ -162,7 +124,7 @@ class Scorer:
                     per_strand.append(base_log_probs(logp[row, masked][np.arange(len(masked))[:, None], cands]))
                     row += 1
                 log_p = combine_strands(per_strand[0], per_strand[1] if len(per_strand) > 1 else None)
-                r, a = CODE_OF_BYTE[ord(str(batch["ref"][i]))], CODE_OF_BYTE[ord(str(batch["alt"][i]))]
+                r, a = CODE_OF_BYTE[ord(str(batch["norm_ref"][i]))], CODE_OF_BYTE[ord(str(batch["norm_alt"][i]))]
                 llr[i] = log_p[a] - log_p[r]
                 p_ref[i], p_alt[i] = np.exp(log_p[r]), np.exp(log_p[a])
                 entropy[i] = float(-(np.exp(log_p) * log_p).sum())
@@ -170,17 +132,23 @@ class Scorer:
         def nullable(x):
             return pa.array([None if np.isnan(v) else float(v) for v in x], type=pa.float64())
 
-        return pa.table({"chrom": pa.array([str(c) for c in batch["chrom"]]),
-                         "pos": pa.array(batch["pos"].astype(np.int64)), "id": pa.array([str(v) for v in batch["id"]]),
-                         "ref": pa.array([str(v) for v in batch["ref"]]), "alt": pa.array([str(v) for v in batch["alt"]]),
-                         "llr": nullable(llr), "p_ref": nullable(p_ref), "p_alt": nullable(p_alt),
-                         "entropy": nullable(entropy), "error": pa.array([str(e) for e in batch["error"]])})
+        table = pa.table({"chrom": pa.array([str(c) for c in batch["chrom"]]),
+                          "pos": pa.array(batch["pos"].astype(np.int64)), "id": pa.array([str(v) for v in batch["id"]]),
+                          "ref": pa.array([str(v) for v in batch["ref"]]), "alt": pa.array([str(v) for v in batch["alt"]]),
+                          "norm_pos": pa.array(batch["norm_pos"].astype(np.int64)),
+                          "norm_ref": pa.array([str(v) for v in batch["norm_ref"]]),
+                          "norm_alt": pa.array([str(v) for v in batch["norm_alt"]]),
+                          "llr": nullable(llr), "p_ref": nullable(p_ref), "p_alt": nullable(p_alt),
+                          "entropy": nullable(entropy), "error": pa.array([str(e) for e in batch["error"]])})
+        return prov_io.with_metadata(table, self.provenance) if self.provenance else table
 
 
-def score_variants(checkpoint: str, fasta: str, vcf: str, out: str, window_bp: int | None = None,
-                   strands: str = "both", batch_size: int = 64, actors: int = 1, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0,
+def score_variants(checkpoint: str, fasta: str, vcf: str | None, out: str, window_bp: int | None = None,
+                   strands: str = "both", batch_size: int = 64, overwrite: bool = False, actors: int = 1,
+                   cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, variants: str | None = None,
                    storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Score every SNV of the VCF into Parquet files under ``out``; returns a summary."""
+    """One row per ALT allele of the VCF (or the ``variants`` table) in Parquet files under ``out``: scored where it is an SNV of
+    A/C/G/T after trimming, else with its reason in ``error``; returns a summary."""
     for flag, value in (("--batch-size", batch_size), ("--actors", actors)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
@@ -192,25 +160,35 @@ def score_variants(checkpoint: str, fasta: str, vcf: str, out: str, window_bp: i
     window = centred_window(window)
     if window < tok.k:
         raise UserError(f"--window-bp {window_bp}: shorter than one {tok.k}-mer")
-    fasta_io.open_fasta(fasta, storage_options, log)  # index it once, here, before the workers read it
-    variants, skipped = read_vcf(vcf, storage_options)
+    fa = fasta_io.open_fasta(fasta, storage_options, log)  # index it once, here, before the workers read it
+    alleles = read_variants(vcf, variants, storage_options)
+    aliases = contig_aliases((a.chrom for a in alleles), fasta_io.contig_lengths(fa))
+    if aliases:
+        shown = ", ".join(f"{v} -> {f}" for v, f in sorted(aliases.items())[:6]) + (" ..." if len(aliases) > 6 else "")
+        log(f"contigs  variant names matched to the FASTA's: {shown}")
+    prov = prov_io.provenance("score-variants", checkpoint, {"window_bp": window, "strands": strands, "k": tok.k,
+                                                             "stride": tok.stride}, storage_options)
+    prov_io.claim(out, prov, overwrite, storage_options, log)
     done = runtime.written_keys(out, KEY, storage_options)
-    todo = [v for v in variants if (v.chrom, v.pos, v.id, v.ref, v.alt) not in done]
-    log(f"score {len(variants)} SNV(s) ({len(variants) - len(todo)} already in {out}, {len(todo)} to do; skipped "
-        f"{skipped['indel']} indel(s), {skipped['symbolic']} symbolic allele(s)), windows of {window} bp")
-    summary = {"variants": len(variants), "skipped_done": len(variants) - len(todo), "scored": 0, "errors": 0,
-               "skipped_indels": skipped["indel"], "skipped_symbolic": skipped["symbolic"], "window_bp": window,
-               "strands": strands,
-               "out": out, "seconds": 0.0}
+    todo = [a for a in alleles if (a.chrom, a.pos, a.id, a.ref, a.alt) not in done]
+    refused = Counter(reason_kind(a.reason) for a in alleles if a.reason)
+    log(f"score {len(alleles)} allele(s) ({len(alleles) - len(todo)} already in {out}, {len(todo)} to do; "
+        f"{sum(refused.values())} not SNVs of A/C/G/T, kept with their reason), windows of {window} bp")
+    summary = {"variants": len(alleles), "skipped_done": len(alleles) - len(todo), "scored": 0, "errors": 0,
+               "skipped_indels": refused["indel"], "skipped_symbolic": refused["symbolic"], "not_scored": {},
+               "contig_aliases": aliases, "window_bp": window, "strands": strands, "out": out, "seconds": 0.0}
     if todo:
-        rows = [{"chrom": v.chrom, "pos": v.pos, "id": v.id, "ref": v.ref, "alt": v.alt} for v in todo]
+        rows = [{"chrom": a.chrom, "pos": a.pos, "id": a.id, "ref": a.ref, "alt": a.alt, "norm_pos": a.norm_pos,
+                 "norm_ref": a.norm_ref, "norm_alt": a.norm_alt, "error": a.reason} for a in todo]
         ran = runtime.run_pipeline(
             rows, out, windows, dict(fasta=fasta, k=tok.k, stride=tok.stride, window_bp=window, strands=strands,
-                                     storage_options=storage_options),
+                                     aliases=aliases, storage_options=storage_options),
             Scorer, dict(checkpoint=checkpoint, gpu=gpus_per_actor > 0, threads=max(1, int(cpus_per_actor)),
-                         storage_options=storage_options),
+                         storage_options=storage_options, provenance=prov),
             batch_size, actors, cpus_per_actor, gpus_per_actor, storage_options)
         summary["seconds"] = ran["seconds"]
-    errors = runtime.count_errors(out, storage_options)
-    summary["errors"], summary["scored"] = errors, len(variants) - errors
+    kinds = Counter(reason_kind(e) for e in runtime.column_values(out, "error", storage_options) if e)
+    summary["not_scored"] = {k: kinds[k] for k in REASONS if kinds[k]}
+    summary["errors"] = sum(kinds.values())
+    summary["scored"] = len(alleles) - summary["errors"]
     return summary

@@ -1,70 +1,19 @@
-"""The ``randommask`` command line."""
+"""Commands that prepare data, pretrain, fine-tune, sweep and analyze."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable
 
+from randommask.cli.options import add_storage_options, storage_options_from
 from randommask.errors import UserError
 
 
-def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="benchmarks against the DNABERT-style baseline (one JSON line each)")
-    bs = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    t = bs.add_parser("tokenize", help="k-mer tokenization of 512-bp genome windows")
-    t.add_argument("--windows", type=int, default=2000)
-    t.add_argument("--window-bp", type=int, default=512)
-    m = bs.add_parser("mask", help="RandomMask on a (batch x seq-len) token batch")
-    m.add_argument("--batch", type=int, default=32)
-    m.add_argument("--seq-len", type=int, default=512)
-    m.add_argument("--step", type=int, default=200000, help="schedule step (default: a late, wide phase)")
-    s = bs.add_parser("mlm-step", help="forward+backward with the sparse MLM loss vs the full-vocabulary loss")
-    s.add_argument("--preset", default="tiny")
-    s.add_argument("--batch", type=int, default=16)
-    s.add_argument("--seq-len", type=int, default=512)
-    s.add_argument("--steps", type=int, default=5)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--compile", action="store_true", help="torch.compile the sparse step")
-    pl = bs.add_parser("pipeline", help="pretraining_dataset tokens/s from a local S3 server to a torch consumer")
-    pl.add_argument("--epochs", type=int, default=3)
-    pl.add_argument("--batch", type=int, default=256)
-    pl.add_argument("--window-bp", type=int, default=512)
-    to = bs.add_parser("train-overhead", help="the pretraining step in a Ray Train worker vs a plain process")
-    to.add_argument("--preset", default="tiny")
-    to.add_argument("--batch", type=int, default=32)
-    to.add_argument("--window-bp", type=int, default=128)
-    to.add_argument("--steps", type=int, default=40)
-    e2e = bs.add_parser("e2e", help="a whole pretraining through Ray Train vs a DNABERT-style training loop")
-    e2e.add_argument("--preset", default="tiny")
-    e2e.add_argument("--batch", type=int, default=32)
-    e2e.add_argument("--window-bp", type=int, default=128)
-    e2e.add_argument("--steps", type=int, default=300)
-    e2e.add_argument("--warmup", type=int, default=30, help="steps left out of the timing, both sides")
-    em = bs.add_parser("embed", help="randommask embed (Ray Data, an actor pool) vs a plain transformers loop")
-    em.add_argument("--preset", default="tiny")
-    em.add_argument("--regions", type=int, default=400)
-    em.add_argument("--region-bp", type=int, default=500)
-    em.add_argument("--batch", type=int, default=64)
-    for q in (t, m, s, pl, to, e2e, em):
-        q.add_argument("--genome", help="FASTA file (default: the 300-kb E. coli slice shipped with the package; "
-                       "make bench passes the whole genome)")
-        q.add_argument("--k", type=int, default=6)
-        q.add_argument("--seed", type=int, default=0)
-
-
-def _run_bench(args: argparse.Namespace) -> None:
-    from randommask.tools.bench import BENCHES, print_result
-
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "bench")}
-    print_result(BENCHES[args.bench](**options))
-
-
-def _add_demo(sub: argparse._SubParsersAction) -> None:
+def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="prepare a genome and run a local RandomMask pretraining (make demo)")
     p.add_argument("--genome", help="FASTA file or URL (default: the 300-kb E. coli slice shipped with the package; "
                    "make demo passes the whole genome from ../shared)")
@@ -72,7 +21,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
 
 
-def _run_demo(args: argparse.Namespace) -> None:
+def run_demo(args: argparse.Namespace) -> None:
     from randommask.common import storage
     from randommask.common.assets import DEMO_CONFIG, GENOME_SLICE
     from randommask.data.genome import is_fasta_name
@@ -95,14 +44,14 @@ def _run_demo(args: argparse.Namespace) -> None:
     _pretrain_and_report(cfg)
 
 
-def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+def add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="RandomMask pretraining on Ray Train (resumes a run of the same name)")
     p.add_argument("--config", required=True, help="YAML config (see jobs/configs/ and docs/pretraining.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, value in YAML: --set optim.lr=3e-4 --set masking.phase_ends=[10,20]")
 
 
-def _run_pretrain(args: argparse.Namespace) -> None:
+def run_pretrain(args: argparse.Namespace) -> None:
     from randommask.training.config import load_config
 
     _pretrain_and_report(load_config(args.config, args.set))
@@ -152,22 +101,7 @@ def _pretrain_and_report(cfg) -> None:
     print(f"plot     {s['plot']}")
 
 
-def add_storage_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("object storage (credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
-    g.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
-    g.add_argument("--anon", action="store_true", help="anonymous access, for public buckets")
-
-
-def storage_options_from(args: argparse.Namespace) -> dict | None:
-    opts: dict = {}
-    if getattr(args, "endpoint_url", None):
-        opts["endpoint_url"] = args.endpoint_url
-    if getattr(args, "anon", False):
-        opts["anon"] = True
-    return opts or None
-
-
-def _add_data(sub: argparse._SubParsersAction) -> None:
+def add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="prepare genomes for pretraining")
     ds = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     q = ds.add_parser("prepare", help="FASTA files (local or s3://) -> shards + manifest.json")
@@ -180,7 +114,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     add_storage_options(q)
 
 
-def _run_data(args: argparse.Namespace) -> None:
+def run_data(args: argparse.Namespace) -> None:
     from randommask.data.prepare import prepare
 
     t0 = time.perf_counter()
@@ -194,7 +128,7 @@ def _run_data(args: argparse.Namespace) -> None:
     print(f"manifest {args.out.rstrip('/')}/manifest.json")
 
 
-def _add_finetune(sub: argparse._SubParsersAction) -> None:
+def add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune a checkpoint on GUE datasets, one Ray Tune trial per (dataset, seed)")
     p.add_argument("--checkpoint", required=True, help="a run's final/, a Ray checkpoint, a run directory, or any "
                    "DNABERT-compatible Hugging Face directory (local or s3://)")
@@ -218,7 +152,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     add_storage_options(p)
 
 
-def _run_finetune(args: argparse.Namespace) -> None:
+def run_finetune(args: argparse.Namespace) -> None:
     from randommask.finetune import finetune
 
     r = finetune(args.checkpoint, args.gue_dir, args.tasks, args.out, seeds=args.seeds, max_train=args.max_train,
@@ -240,13 +174,13 @@ def _run_finetune(args: argparse.Namespace) -> None:
         raise UserError(f"{r['failed_trials']} trial(s) failed; see {args.out.rstrip('/')}/results.md")
 
 
-def _add_sweep(sub: argparse._SubParsersAction) -> None:
+def add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="Ray Tune over mask schedules and the pretraining config (resumes)")
     p.add_argument("--config", required=True, help="sweep YAML (see jobs/configs/sweep-tiny.yaml, docs/sweeps.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep field")
 
 
-def _run_sweep(args: argparse.Namespace) -> None:
+def run_sweep(args: argparse.Namespace) -> None:
     from randommask.sweep.driver import sweep
 
     out = sweep(args.config, args.set)
@@ -272,7 +206,7 @@ def _run_sweep(args: argparse.Namespace) -> None:
         raise UserError(f"no finished trial has the objective metric; nothing to choose from (see {out['trials_csv']})")
 
 
-def _add_analyze(sub: argparse._SubParsersAction) -> None:
+def add_analyze(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="the paper's analyses as a report: loss dynamics, k-mer embeddings, "
                        "attention concentration (docs/analysis.md)")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="a run directory, its final/ or a step_*/, or any "
@@ -291,7 +225,7 @@ def _add_analyze(sub: argparse._SubParsersAction) -> None:
     add_storage_options(p)
 
 
-def _run_analyze(args: argparse.Namespace) -> None:
+def run_analyze(args: argparse.Namespace) -> None:
     from randommask.evaluation.analysis import analyze
 
     r = analyze([args.run, *args.compare], args.out, prepared=args.prepared, finetune_results=args.finetune_results,
@@ -315,131 +249,12 @@ def _run_analyze(args: argparse.Namespace) -> None:
     print(f"report   {os.path.join(args.out, 'report.html')} (.json, {', '.join(r['pngs'])})")
 
 
-def _add_inference_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a run's final/, a run directory, or any DNABERT-compatible directory (local or s3://)")
-    p.add_argument("--fasta", required=True, help="the genome: plain, bgzip or gzip FASTA, local or s3:// (indexed "
-                   "with pyfaidx; see docs/inference.md)")
-    p.add_argument("--out", required=True, help="a folder of Parquet files (local or s3://); a rerun skips what is there")
-    p.add_argument("--window-bp", type=int, help="bases the model sees at once (default: all its positions; give the "
-                   "pretraining's data.window_bp for a model trained on shorter windows)")
-    p.add_argument("--actors", type=int, default=1, help="model copies (Ray Data actors) working at once")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0)
-    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="on GPU clusters, e.g. 1 (bf16 on CUDA)")
-    add_storage_options(p)
-
-
-def _add_embed(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("embed", help="one embedding per BED region, as Ray Data batch inference, to Parquet")
-    _add_inference_common(p)
-    p.add_argument("--regions", required=True, help="BED file (0-based, half-open; 4th column: name), local or s3://")
-    p.add_argument("--pool", choices=["mean", "cls"], default="mean",
-                   help="mean: fp32 mean over the region's k-mer tokens ([CLS]/[SEP] excluded); cls: the [CLS] vector")
-    p.add_argument("--layer", type=int, default=-1, help="hidden layer to pool (-1: the last; 0: the embeddings)")
-    p.add_argument("--batch-size", type=int, default=64, help="regions per batch")
-    p.add_argument("--no-tile", action="store_true", help="refuse regions longer than the model's positions "
-                   "instead of embedding them in tiles")
-
-
-def _run_embed(args: argparse.Namespace) -> None:
-    from randommask.inference.embed import embed
-
-    s = embed(args.checkpoint, args.fasta, args.regions, args.out, pool=args.pool, layer=args.layer,
-              batch_size=args.batch_size, window_bp=args.window_bp, tile=not args.no_tile, actors=args.actors,
-              cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-              storage_options=storage_options_from(args))
-    rate = f", {s['embedded'] / s['seconds']:.1f} regions/s" if s["seconds"] else ""
-    print(f"embedded {s['embedded']} region(s) ({s['tiles']} tile(s)), {s['skipped']} already there; "
-          f"{s['dim']}-dim {s['pool']} of layer {s['layer']}; {s['seconds']:.1f} s{rate}")
-    print(f"out      {s['out']} (Parquet: chrom, start, end, name, embedding)")
-
-
-def _add_score_variants(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score-variants", help="zero-shot masked-LM scores (log-likelihood ratio) of the SNVs of a VCF")
-    _add_inference_common(p)
-    p.add_argument("--vcf", required=True, help="VCF (plain or gzip), local or s3://; multi-allelic ALTs are split, "
-                   "indels and symbolic alleles skipped")
-    p.add_argument("--batch-size", type=int, default=64, help="variants per batch")
-    p.add_argument("--strands", choices=("both", "forward"), default="both",
-                   help="average the forward and reverse-complement scores (default), or the forward strand alone")
-
-
-def _run_score_variants(args: argparse.Namespace) -> None:
-    from randommask.inference.variants import score_variants
-
-    s = score_variants(args.checkpoint, args.fasta, args.vcf, args.out, window_bp=args.window_bp,
-                       strands=args.strands, batch_size=args.batch_size, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
-                       gpus_per_actor=args.gpus_per_actor, storage_options=storage_options_from(args))
-    print(f"scored   {s['scored']} SNV(s), {s['errors']} reported with an error (REF mismatch, N, contig), "
-          f"{s['skipped_indels']} indel(s) and {s['skipped_symbolic']} symbolic allele(s) skipped; "
-          f"windows of {s['window_bp']} bp, {s['strands']} strand(s); {s['seconds']:.1f} s")
-    print(f"out      {s['out']} (Parquet: chrom, pos, id, ref, alt, llr, p_ref, p_alt, entropy, error)")
-
-
-def _add_zeroshot(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("zeroshot", help="mean log P(ref base) at held-out positions, beside count tables of the "
-                       "flanking bases and chance")
-    p.add_argument("checkpoint", help="a run's final/, a checkpoint step_*/, a run directory, or any "
-                   "DNABERT-compatible directory (local or s3://)")
-    p.add_argument("--prepared", required=True, help="prepared data (randommask data prepare): positions come from "
-                   "its validation split, the tables from its training split")
-    p.add_argument("--positions", type=int, default=5000, help="held-out positions (default 5000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the positions drawn")
-    p.add_argument("--out", required=True, help="the JSON file to write (local or s3://)")
-    p.add_argument("--window-bp", type=int, help="bases the model sees (default: its run's data.window_bp, else all "
-                   "its positions; made odd, centred on the base)")
-    p.add_argument("--strands", choices=("both", "forward"), default="both")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    add_storage_options(p)
-
-
-def _run_zeroshot(args: argparse.Namespace) -> None:
-    from randommask.inference.zeroshot import standing, zeroshot
-
-    r = zeroshot(args.checkpoint, args.prepared, args.out, positions=args.positions, seed=args.seed,
-                 window_bp=args.window_bp, strands=args.strands, threads=args.threads,
-                 storage_options=storage_options_from(args))
-    print(f"zeroshot {standing(r)}")
-    print(f"out      {args.out}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="randommask", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_demo(sub)
-    _add_data(sub)
-    _add_pretrain(sub)
-    _add_finetune(sub)
-    _add_sweep(sub)
-    _add_analyze(sub)
-    _add_embed(sub)
-    _add_score_variants(sub)
-    _add_zeroshot(sub)
-    _add_bench(sub)
-    return parser
-
-
-COMMANDS = {"demo": _run_demo, "data": _run_data, "pretrain": _run_pretrain, "finetune": _run_finetune, "sweep": _run_sweep,
-            "embed": _run_embed, "score-variants": _run_score_variants, "zeroshot": _run_zeroshot,
-            "analyze": _run_analyze, "bench": _run_bench}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        COMMANDS[args.command](args)
-    except UserError as e:
-        print(f"randommask: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # noqa: BLE001 - the training's own failure, already one line
-        if type(e).__name__ != "TrainingFailed":
-            raise
-        print(f"randommask: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("randommask: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], None]]:
+    add_demo(sub)
+    add_data(sub)
+    add_pretrain(sub)
+    add_finetune(sub)
+    add_sweep(sub)
+    add_analyze(sub)
+    return {"demo": run_demo, "data": run_data, "pretrain": run_pretrain, "finetune": run_finetune,
+            "sweep": run_sweep, "analyze": run_analyze}
