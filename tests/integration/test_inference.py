@@ -182,7 +182,8 @@ def test_embeddings_equal_a_direct_forward_tile_long_regions_and_resume(ray_loca
     bed = tmp_path / "r.bed"
     bed.write_text(f"{CHROM}\t100\t400\tshort\n{CHROM}\t0\t3000\twhole\n{CHROM}\t2900\t3000\tend\n")
     out = tmp_path / "emb"
-    s = embed(str(tiny_checkpoint), str(path), str(bed), str(out), batch_size=2, window_bp=300, log=QUIET)
+    s = embed(str(tiny_checkpoint), str(path), str(bed), str(out), batch_size=2, window_bp=300, strands="forward",
+              log=QUIET)
     assert s["embedded"] == 3 and s["dim"] == 64
     table = pq.read_table(out)
     assert table.schema.field("embedding").type.list_size == 64 and str(table.schema.field("embedding").type
@@ -202,16 +203,48 @@ def test_embeddings_equal_a_direct_forward_tile_long_regions_and_resume(ray_loca
     assert count == 3000 - 5
     # --no-tile refuses, in one line; a rerun skips what is there
     with pytest.raises(UserError, match="--no-tile: region whole .* needs 2995 k-mer tokens, the model takes 295"):
-        embed(str(tiny_checkpoint), str(path), str(bed), str(tmp_path / "no"), window_bp=300, tile=False, log=QUIET)
+        embed(str(tiny_checkpoint), str(path), str(bed), str(tmp_path / "no"), window_bp=300, tile=False,
+              strands="forward", log=QUIET)
     # The same weights copied elsewhere resume (the digest is the identity); another layer is refused.
     copy = shutil.copytree(tiny_checkpoint, tmp_path / "copied-model")
     notes = []
-    again = embed(str(copy), str(path), str(bed), str(out), window_bp=300, log=notes.append)
+    again = embed(str(copy), str(path), str(bed), str(out), window_bp=300, strands="forward", log=notes.append)
     assert again["skipped"] == 3 and again["embedded"] == 0
     assert any("the same weights, so it resumes" in n for n in notes)
     with pytest.raises(UserError, match=r"layer -1 there, 1 now"):
-        embed(str(copy), str(path), str(bed), str(out), window_bp=300, layer=1, log=QUIET)
+        embed(str(copy), str(path), str(bed), str(out), window_bp=300, strands="forward", layer=1, log=QUIET)
     assert {p.suffix for p in out.iterdir() if p.name != "_provenance.json"} == {".parquet"}
+
+
+@pytest.mark.ray
+def test_a_minus_strand_region_is_embedded_from_its_reverse_complement(ray_local, genome, tiny_checkpoint, tmp_path):
+    from randommask.data.tokenizer import reverse_complement
+
+    path, contigs = genome
+    n = len(contigs[CHROM])
+    rc_path = write_fasta(tmp_path / "rc.fa", {CHROM: reverse_complement(contigs[CHROM])})
+    bed = tmp_path / "s.bed"
+    bed.write_text(f"{CHROM}\t100\t400\tminus\t0\t-\n{CHROM}\t100\t400\tplus\t0\t+\n{CHROM}\t100\t400\tnone\n"
+                   f"{CHROM}\t0\t3000\tlong\t0\t-\n")
+    mirrored = tmp_path / "m.bed"  # the same bases, read forward off the reverse-complemented genome
+    mirrored.write_text(f"{CHROM}\t{n - 400}\t{n - 100}\tminus\t0\t+\n{CHROM}\t0\t{n}\tlong\t0\t+\n")
+
+    def vectors(fasta, regions, name, strands):
+        embed(str(tiny_checkpoint), str(fasta), str(regions), str(tmp_path / name), window_bp=300, strands=strands,
+              log=QUIET)
+        return {r["name"]: r for r in pq.read_table(tmp_path / name).to_pylist()}
+
+    auto, rc = vectors(path, bed, "auto", "auto"), vectors(rc_path, mirrored, "rc", "auto")
+    for name in ("minus", "long"):  # "long" is tiled: the tiles are cut along the strand read
+        np.testing.assert_allclose(auto[name]["embedding"], rc[name]["embedding"], atol=1e-5)
+    assert {name: r["strands"] for name, r in auto.items()} == {"minus": "-", "plus": "+", "none": "+-", "long": "-"}
+    # No strand: the mean of the two strands' vectors (the default, documented).
+    mean = (np.array(auto["plus"]["embedding"]) + np.array(auto["minus"]["embedding"])) / 2
+    np.testing.assert_allclose(auto["none"]["embedding"], mean, atol=1e-5)
+    assert not np.allclose(auto["plus"]["embedding"], auto["minus"]["embedding"], atol=1e-3)
+    both = vectors(path, bed, "both", "both")  # every region averaged, its strand aside
+    for name in ("minus", "plus", "none"):
+        np.testing.assert_allclose(both[name]["embedding"], mean, atol=1e-5)
 
 
 @pytest.mark.ray

@@ -94,6 +94,7 @@ def test_not_a_fasta_is_one_line(tmp_path):
     (f"{CHROM}\t0\n", "expected at least 3 columns"),
     (f"{CHROM}\tzero\t100\n", "must be integers"),
     (f"{CHROM}\t10\t13\n", "shorter than one 6-mer"),
+    (f"{CHROM}\t0\t100\tr\t0\tminus\n", "strand (column 6) 'minus'; BED strands are +, - or ."),
 ])
 def test_bed_errors_name_the_line_and_the_fix(tmp_path, line, message):
     bed = tmp_path / "r.bed"

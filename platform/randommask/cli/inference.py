@@ -34,19 +34,23 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="regions per batch")
     p.add_argument("--no-tile", action="store_true", help="refuse regions longer than the model's positions "
                    "instead of embedding them in tiles")
+    p.add_argument("--strands", choices=("auto", "both", "forward"), default="auto",
+                   help="auto: a BED + or - region on its strand, one without a strand as the mean of both; both: "
+                   "the mean of both strands for every region; forward: as the genome reads, strand ignored")
 
 
 def run_embed(args: argparse.Namespace) -> None:
     from randommask.inference.embed import embed
 
     s = embed(args.checkpoint, args.fasta, args.regions, args.out, pool=args.pool, layer=args.layer,
-              batch_size=args.batch_size, window_bp=args.window_bp, tile=not args.no_tile, actors=args.actors,
+              batch_size=args.batch_size, window_bp=args.window_bp, tile=not args.no_tile, strands=args.strands,
+              actors=args.actors,
               cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor, overwrite=args.overwrite,
               storage_options=storage_options_from(args))
     rate = f", {s['embedded'] / s['seconds']:.1f} regions/s" if s["seconds"] else ""
     print(f"embedded {s['embedded']} region(s) ({s['tiles']} tile(s)), {s['skipped']} already there; "
-          f"{s['dim']}-dim {s['pool']} of layer {s['layer']}; {s['seconds']:.1f} s{rate}")
-    print(f"out      {s['out']} (Parquet: chrom, start, end, name, embedding)")
+          f"{s['dim']}-dim {s['pool']} of layer {s['layer']}, strands {s['strands']}; {s['seconds']:.1f} s{rate}")
+    print(f"out      {s['out']} (Parquet: chrom, start, end, name, strands, embedding)")
 
 
 def add_score_variants(sub: argparse._SubParsersAction) -> None:

@@ -275,3 +275,11 @@ class KmerTokenizer:
 def reverse_complement_codes(codes: np.ndarray) -> np.ndarray:
     """Reverse complement along the last axis, in code space."""
     return COMPLEMENT_CODE[codes[..., ::-1]]
+
+
+_RC_TABLE = str.maketrans("ACGTacgt", "TGCAtgca")
+
+
+def reverse_complement(seq: str) -> str:
+    """Reverse complement of a sequence string, case kept; other letters (N) stay as they are."""
+    return seq.translate(_RC_TABLE)[::-1]

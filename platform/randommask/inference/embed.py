@@ -4,6 +4,11 @@ Regions -> their sequence (pyfaidx, in Ray Data tasks) -> tiles that fit the mod
 a fixed pool of encoder actors (bf16 on CUDA, fp32 on CPU) -> pooled vectors -> Parquet:
 ``chrom``, ``start``, ``end``, ``name``, ``embedding`` (fixed-size list of float32).
 
+Strands (``--strands``): ``auto`` (default) embeds a BED ``+`` region as the genome reads, a ``-``
+region from its reverse complement, and a region without a strand (no 6th column, or ``.``) as the
+mean of both strands' vectors; ``both`` averages the two strands for every region; ``forward`` reads
+every region as the genome does, its strand ignored.
+
 ``--pool mean``: the fp32 mean of the chosen layer's hidden states over the region's k-mer
 tokens; [CLS] and [SEP] are not included, and no context outside the region is added. A region
 longer than the model's positions is cut into tiles overlapping by ``k - stride`` bases, so each
@@ -24,20 +29,34 @@ from randommask.inference import runtime
 from randommask.inference.regions import read_bed, tiles
 
 KEY = ["chrom", "start", "end", "name"]
+EMBED_STRANDS = ("auto", "both", "forward")
 TILES_PER_FORWARD = 64  # tiles in one forward pass: bounds activation memory whatever the batch
+
+
+def read_strands(region_strand: str, strands: str) -> str:
+    """The strands a region is read on ("+", "-" or "+-" for both) under ``--strands``."""
+    if strands == "forward":
+        return "+"
+    if strands == "both" or region_strand not in ("+", "-"):
+        return "+-"
+    return region_strand
 
 
 def tokenize_regions(batch: dict[str, np.ndarray], fasta: str, k: int, stride: int, max_kmers: int,
                      storage_options: dict | None = None) -> dict[str, np.ndarray]:
-    """Ray Data task: each region's sequence, cut into tiles, as token ids (n_tiles, width)."""
-    from randommask.data.tokenizer import KmerTokenizer
+    """Ray Data task: each region's sequence on each of its strands, cut into tiles, as token ids
+    (n_strands * n_tiles, width), the strands one after the other."""
+    from randommask.data.tokenizer import KmerTokenizer, reverse_complement
 
     fa = fasta_io.open_fasta(fasta, storage_options, log=lambda *_: None)
     tok = KmerTokenizer(k, stride)
     ids = []
-    for chrom, start, end in zip(batch["chrom"], batch["start"], batch["end"]):
+    for chrom, start, end, strands in zip(batch["chrom"], batch["start"], batch["end"], batch["strands"]):
         seq = fa[str(chrom)][int(start):int(end)]
-        parts = [seq[a:b] for a, b in tiles(len(seq), max_kmers, k, stride)]
+        parts = []
+        for strand in str(strands):
+            read = seq if strand == "+" else reverse_complement(seq)
+            parts += [read[a:b] for a, b in tiles(len(read), max_kmers, k, stride)]
         ids.append(tok.encode_batch(parts)["input_ids"].astype(np.int32))
     return {**batch, "ids": runtime.object_column(ids)}
 
@@ -53,13 +72,25 @@ class Embedder:
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
 
-        vectors = self.embed(list(batch["ids"]))
+        # each strand's tiles pooled on their own, then the strands' vectors averaged
+        per_strand, owner = [], []
+        for i, (ids, strands) in enumerate(zip(batch["ids"], batch["strands"])):
+            n = len(str(strands))
+            per_strand += np.split(ids, n)
+            owner += [i] * n
+        vectors = np.zeros((len(batch["ids"]), 0), np.float32)
+        if per_strand:
+            each = self.embed(per_strand)
+            vectors = np.zeros((len(batch["ids"]), each.shape[1]), np.float64)
+            np.add.at(vectors, np.array(owner), each)
+            vectors = (vectors / np.bincount(owner, minlength=len(vectors))[:, None]).astype(np.float32)
         dim = vectors.shape[1]
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
         table = pa.table({"chrom": pa.array([str(c) for c in batch["chrom"]]),
                           "start": pa.array(batch["start"].astype(np.int64)),
                           "end": pa.array(batch["end"].astype(np.int64)),
                           "name": pa.array([str(n) for n in batch["name"]]),
+                          "strands": pa.array([str(s) for s in batch["strands"]]),
                           "embedding": pa.FixedSizeListArray.from_arrays(flat, dim)})
         return prov_io.with_metadata(table, self.provenance) if self.provenance else table
 
@@ -104,12 +135,14 @@ class Embedder:
 
 
 def embed(checkpoint: str, fasta: str, regions: str, out: str, pool: str = "mean", layer: int = -1,
-          batch_size: int = 64, window_bp: int | None = None, tile: bool = True, actors: int = 1,
+          batch_size: int = 64, window_bp: int | None = None, tile: bool = True, strands: str = "auto", actors: int = 1,
           cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, overwrite: bool = False,
           storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Embed every region of the BED file into Parquet files under ``out``; returns a summary."""
     if pool not in ("mean", "cls"):
         raise UserError(f"--pool {pool!r}: choose mean or cls")
+    if strands not in EMBED_STRANDS:
+        raise UserError(f"--strands {strands!r}: choose one of {', '.join(EMBED_STRANDS)}")
     for flag, value in (("--batch-size", batch_size), ("--actors", actors)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
@@ -131,17 +164,20 @@ def embed(checkpoint: str, fasta: str, regions: str, out: str, pool: str = "mean
                 raise UserError(f"--no-tile: region {r.name} ({r.chrom}:{r.start}-{r.end}) needs {need} k-mer tokens, "
                                 f"the model takes {max_kmers}; drop --no-tile to embed it in tiles")
     prov = prov_io.provenance("embed", checkpoint, {"pool": pool, "layer": layer, "max_kmers": max_kmers,
-                                                    "tile": tile}, storage_options)
+                                                    "tile": tile, "strands": strands}, storage_options)
     prov_io.claim(out, prov, overwrite, storage_options, log)
     done = runtime.written_keys(out, KEY, storage_options)
     todo = [r for r in regs if (r.chrom, r.start, r.end, r.name) not in done]
-    n_tiles = sum(len(tiles(r.end - r.start, max_kmers, tok.k, tok.stride)) for r in todo)
+    n_tiles = sum(len(tiles(r.end - r.start, max_kmers, tok.k, tok.stride)) * len(read_strands(r.strand, strands))
+                  for r in todo)
     log(f"embed {len(regs)} region(s) ({len(regs) - len(todo)} already in {out}, {len(todo)} to do, "
-        f"{n_tiles} tile(s) of at most {max_kmers} {tok.k}-mers), pool {pool}, layer {layer}, {actors} actor(s)")
+        f"{n_tiles} tile(s) of at most {max_kmers} {tok.k}-mers), pool {pool}, layer {layer}, strands {strands}, "
+        f"{actors} actor(s)")
     summary = {"regions": len(regs), "skipped": len(regs) - len(todo), "embedded": len(todo), "tiles": n_tiles,
-               "dim": config.hidden_size, "pool": pool, "layer": layer, "out": out, "seconds": 0.0}
+               "dim": config.hidden_size, "pool": pool, "layer": layer, "strands": strands, "out": out, "seconds": 0.0}
     if todo:
-        rows = [{"chrom": r.chrom, "start": r.start, "end": r.end, "name": r.name} for r in todo]
+        rows = [{"chrom": r.chrom, "start": r.start, "end": r.end, "name": r.name,
+                 "strands": read_strands(r.strand, strands)} for r in todo]
         ran = runtime.run_pipeline(
             rows, out, tokenize_regions,
             dict(fasta=fasta, k=tok.k, stride=tok.stride, max_kmers=max_kmers, storage_options=storage_options),

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from randommask.errors import UserError
 
+BED_STRANDS = ("+", "-", ".")
+
 
 @dataclass(frozen=True)
 class Region:
@@ -14,11 +16,13 @@ class Region:
     start: int  # 0-based
     end: int  # exclusive
     name: str
+    strand: str = "."  # BED column 6: "+", "-", or "." (none)
 
 
 def read_bed(uri: str, contigs: dict[str, int], k: int, storage_options: dict | None = None) -> list[Region]:
-    """BED intervals (0-based, half-open; the 4th column is the name, else ``chrom:start-end``),
-    each checked against the genome: a clear line names the file, line and fix for the first bad one."""
+    """BED intervals (0-based, half-open; the 4th column is the name, else ``chrom:start-end``; the
+    6th the strand), each checked against the genome: a clear line names the file, line and fix for
+    the first bad one."""
     from randommask.inference.runtime import read_text
 
     regions = []
@@ -45,7 +49,10 @@ def read_bed(uri: str, contigs: dict[str, int], k: int, storage_options: dict | 
         if end - start < k:
             raise UserError(f"{where}: {end - start} bp is shorter than one {k}-mer; nothing to embed")
         name = fields[3] if len(fields) > 3 and fields[3] else f"{chrom}:{start}-{end}"
-        regions.append(Region(chrom, start, end, name))
+        strand = fields[5] if len(fields) > 5 and fields[5] else "."
+        if strand not in BED_STRANDS:
+            raise UserError(f"{where}: strand (column 6) {strand!r}; BED strands are +, - or .")
+        regions.append(Region(chrom, start, end, name, strand))
     if not regions:
         raise UserError(f"--regions {uri}: no intervals in it")
     return regions
