@@ -113,7 +113,8 @@ def test_scores_are_antisymmetric_zero_for_ref_and_handle_edges_ns_and_mismatche
         assert t2[f"v{p}"]["llr"] == pytest.approx(-t[f"v{p}"]["llr"], abs=1e-6)
     # A rerun skips what is written; OUT holds Parquet files and the record of what made them.
     again = score_variants(str(tiny_checkpoint), str(path), str(tmp_path / "v.vcf"), str(out), window_bp=128, log=QUIET)
-    assert again["skipped_done"] == len(rows) and again["seconds"] == 0.0
+    assert again["skipped_done"] == len(rows) and again["variants"] == len(rows)  # the read tasks left all out
+    assert len(pq.read_table(out)) == len(rows)
     assert {p.suffix for p in out.iterdir() if p.name != "_provenance.json"} == {".parquet"}
     record = json.loads((out / "_provenance.json").read_text())
     assert record["command"] == "score-variants" and record["checkpoint"] == str(tiny_checkpoint)
@@ -245,6 +246,46 @@ def test_a_minus_strand_region_is_embedded_from_its_reverse_complement(ray_local
     both = vectors(path, bed, "both", "both")  # every region averaged, its strand aside
     for name in ("minus", "plus", "none"):
         np.testing.assert_allclose(both[name]["embedding"], mean, atol=1e-5)
+
+
+@pytest.mark.ray
+def test_a_region_of_a_million_record_vcf_reads_only_its_records_in_a_small_driver(ray_local, genome,
+                                                                                  tiny_checkpoint, tmp_path):
+    """An indexed VCF of a million records (bgzip and tabix by pysam, as the tools write them): with
+    --region the read tasks fetch only that region's records through the index, and the driver's
+    peak memory is that of the same command on a 20-record file."""
+    import subprocess
+    import sys
+
+    import pysam
+
+    path, contigs = genome
+    seq = contigs[CHROM]
+    other = {"A": "G", "C": "T", "G": "A", "T": "C"}
+    header = (f"##fileformat=VCFv4.2\n##contig=<ID={CHROM},length={len(seq)}>\n##contig=<ID=chrBig,length=2000000>\n"
+              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n")
+    snvs = "".join(f"{CHROM}\t{p}\ts{p}\t{seq[p - 1]}\t{other[seq[p - 1]]}\t.\t.\t.\n" for p in range(100, 2100, 100))
+    files = {}
+    for name, body in (("small", snvs), ("big", snvs + "".join(f"chrBig\t{p}\t.\tA\tG\t.\t.\t.\n"
+                                                                 for p in range(1, 1_000_001)))):
+        (tmp_path / f"{name}.vcf").write_text(header + body)
+        files[name] = pysam.tabix_index(str(tmp_path / f"{name}.vcf"), preset="vcf", force=True)  # bgzip + .tbi
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    peak = "import resource, sys; from randommask.cli import main; code = main(sys.argv[1:]); " \
+           "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)"
+
+    def run(vcf: str, out: str, *extra: str) -> int:
+        res = subprocess.run([sys.executable, "-c", peak, "score-variants", str(tiny_checkpoint), "--fasta", str(path),
+                              "--vcf", vcf, "--out", str(tmp_path / out), "--window-bp", "64", *extra],
+                             capture_output=True, text=True, timeout=600, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "scored   20 SNV(s), 0 reported with an error" in res.stdout, res.stdout
+        return int(res.stdout.split("peak_kb")[-1])
+
+    small_kb = run(files["small"], "small")
+    big_kb = run(files["big"], "big", "--region", f"{CHROM}:1-{len(seq)}")
+    assert _table(tmp_path / "big").keys() == _table(tmp_path / "small").keys() == {f"s{p}" for p in range(100, 2100, 100)}
+    assert big_kb < small_kb + 40_000, (small_kb, big_kb)  # a million records read would be hundreds of MB
 
 
 @pytest.mark.ray

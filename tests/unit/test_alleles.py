@@ -47,10 +47,11 @@ def test_a_table_of_variants_reads_as_the_same_vcf_would(tmp_path):
     import pyarrow.parquet as pq
 
     from randommask.errors import UserError
-    from randommask.inference.variant_inputs import read_table, read_variants, read_vcf
+    from randommask.inference.variant_inputs import read_table, read_vcf
 
     vcf = tmp_path / "v.vcf"
-    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n1\t5\trs1\tAC\tGC,A\nX\t9\t.\tG\tT\n")
+    vcf.write_text("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                   "1\t5\trs1\tAC\tGC,A\t.\t.\t.\nX\t9\t.\tG\tT\t.\t.\t.\n")
     want = read_vcf(str(vcf))
     (tmp_path / "v.tsv").write_text("chrom\tpos\tid\tref\talt\n1\t5\trs1\tAC\tGC,A\nX\t9\t.\tG\tT\n")
     (tmp_path / "v.csv.gz").write_bytes(gzip.compress(b"alt,ref,pos,chrom\n\"GC,A\",AC,5,1\nT,G,9,X\n"))
@@ -68,5 +69,3 @@ def test_a_table_of_variants_reads_as_the_same_vcf_would(tmp_path):
         read_table(str(tmp_path / "zero.tsv"))
     with pytest.raises(UserError, match="name it .parquet, .csv or .tsv"):
         read_table(str(tmp_path / "v.xlsx"))
-    with pytest.raises(UserError, match="--vcf FILE or as --variants TABLE"):
-        read_variants(str(vcf), str(tmp_path / "v.tsv"))

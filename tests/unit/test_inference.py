@@ -134,12 +134,17 @@ def test_the_four_base_distribution(tmp_path):
     assert np.allclose(np.exp(combine_strands(fwd, rev)), [0.7, 0.1, 0.1, 0.1])
     assert np.allclose(combine_strands(fwd, None), fwd)
     vcf = tmp_path / "v.vcf.gz"
-    vcf.write_bytes(gzip.compress(b"##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\n"
-                                  b"c\t5\ta\tA\tG,T\nc\t6\tb\tAC\tA\nc\t7\tc\tA\t<DEL>\nc\t8\td\tA\t*\n"))
+    vcf.write_bytes(gzip.compress(b"##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                                  b"c\t5\ta\tA\tG,T\t.\t.\t.\nc\t6\tb\tAC\tA\t.\t.\t.\n"
+                                  b"c\t7\tc\tA\t<DEL>\t.\t.\t.\nc\t8\td\tA\t*\t.\t.\t.\n"))
     alleles = read_vcf(str(vcf))  # every ALT a row, the unscorable with their reason
     assert [(a.pos, a.alt, reason_kind(a.reason)) for a in alleles] == [
         (5, "G", ""), (5, "T", ""), (6, "A", "indel"), (7, "<DEL>", "symbolic"), (8, "*", "symbolic")]
+    header = "##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
     bad = tmp_path / "bad.vcf"
-    bad.write_text("#CHROM\tPOS\tID\tREF\tALT\nc\tfive\ta\tA\tG\n")
-    with pytest.raises(UserError, match="line 2: POS 'five' is not an integer"):
+    bad.write_text(header + "c\t5\ta\tA\tG\t.\t.\t.\nc\tfive\ta\tA\tG\t.\t.\t.\n")
+    with pytest.raises(UserError, match="bad.vcf: the record after c:5 cannot be parsed .* bcftools view"):
         read_vcf(str(bad))
+    (tmp_path / "five.vcf").write_text("#CHROM\tPOS\tID\tREF\tALT\nc\t5\ta\tA\tG\n")  # no ##fileformat
+    with pytest.raises(UserError, match="five.vcf: not a readable VCF .* #CHROM POS ID REF ALT QUAL FILTER INFO"):
+        read_vcf(str(tmp_path / "five.vcf"))

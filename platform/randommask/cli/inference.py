@@ -61,6 +61,8 @@ def add_score_variants(sub: argparse._SubParsersAction) -> None:
                        "shared bases) scored, the rest with their reason in the error column")
     given.add_argument("--variants", help="a table instead of a VCF: Parquet, CSV or TSV with columns chrom, pos "
                        "(1-based), ref, alt and optionally id")
+    p.add_argument("--region", action="append", metavar="CHR:START-END", help="only the records in this region "
+                   "(1-based, inclusive; or a whole contig), read through the VCF's tabix/CSI index; repeatable")
     p.add_argument("--batch-size", type=int, default=64, help="variants per batch")
     p.add_argument("--strands", choices=("both", "forward"), default="both",
                    help="average the forward and reverse-complement scores (default), or the forward strand alone")
@@ -70,6 +72,7 @@ def run_score_variants(args: argparse.Namespace) -> None:
     from randommask.inference.variants import score_variants
 
     s = score_variants(args.checkpoint, args.fasta, args.vcf, args.out, window_bp=args.window_bp, variants=args.variants,
+                       regions=args.region,
                        strands=args.strands, batch_size=args.batch_size, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                        gpus_per_actor=args.gpus_per_actor, overwrite=args.overwrite,
                        storage_options=storage_options_from(args))

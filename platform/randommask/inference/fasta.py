@@ -63,7 +63,10 @@ def _atomic_copy(write: Callable[[Path], None], final: Path) -> None:
             os.unlink(tmp)
 
 
-def _fetch_remote(uri: str, storage_options: dict | None, log: Callable[[str], None]) -> Path:
+def node_copy(uri: str, storage_options: dict | None, log: Callable[[str], None],
+              sidecars: tuple[str, ...] = (".fai", ".gzi")) -> Path:
+    """A copy of remote ``uri`` in this node's cache, fetched once per node (keyed by its size and
+    ETag, so a rewritten object is fetched anew), with the ``sidecars`` (indexes) found beside it."""
     fs, path = storage.filesystem(uri, storage_options)
     try:
         info = fs.info(path)
@@ -74,34 +77,41 @@ def _fetch_remote(uri: str, storage_options: dict | None, log: Callable[[str], N
     if not local.is_file():
         log(f"fetching {uri} to this node's cache {folder}")
         _atomic_copy(lambda tmp: fs.get_file(path, str(tmp)), local)
-        for suffix in (".fai", ".gzi"):  # an index shipped beside it saves building one
+        for suffix in sidecars:  # an index shipped beside it saves building one
             if fs.exists(path + suffix):
                 _atomic_copy(lambda tmp, s=suffix: fs.get_file(path + s, str(tmp)), Path(str(local) + suffix))
     return local
 
 
+def seekable(path: Path, uri: str, flag: str, plain_suffix: str, log: Callable[[str], None]) -> Path:
+    """``path`` itself, or for plain gzip (which neither pyfaidx nor htslib can seek in) a copy
+    decompressed once per node into the cache, and said so."""
+    if not (is_gzip(path) and not is_bgzf(path)):
+        return path
+    st = path.stat()
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name + plain_suffix
+    plain = cache_dir() / _key(str(path.resolve()), st.st_size, st.st_mtime_ns) / name
+    if not plain.is_file():
+        log(f"{uri} is plain gzip, which cannot be read at random: decompressing it once to {plain} "
+            "(bgzip it to skip this)")
+
+        def unzip(tmp: Path) -> None:
+            with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+
+        try:
+            _atomic_copy(unzip, plain)
+        except (OSError, EOFError) as e:
+            raise UserError(f"{flag} {uri}: cannot decompress ({e})") from None
+    return plain
+
+
 def local_fasta(uri: str, storage_options: dict | None = None, log: Callable[[str], None] = print) -> Path:
     """A local FASTA that pyfaidx can index and seek in, with its index next to it (see module doc)."""
-    path = _fetch_remote(uri, storage_options, log) if not storage.is_local(uri) else Path(uri).expanduser()
+    path = node_copy(uri, storage_options, log) if not storage.is_local(uri) else Path(uri).expanduser()
     if not path.is_file():
         raise UserError(f"--fasta {uri}: no such file")
-    if is_gzip(path) and not is_bgzf(path):
-        st = path.stat()
-        name = path.name[:-3] if path.name.endswith(".gz") else path.name + ".fa"
-        plain = cache_dir() / _key(str(path.resolve()), st.st_size, st.st_mtime_ns) / name
-        if not plain.is_file():
-            log(f"{uri} is plain gzip, which cannot be indexed for random access: decompressing it once to {plain} "
-                "(bgzip it to skip this)")
-
-            def unzip(tmp: Path) -> None:
-                with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 22)
-
-            try:
-                _atomic_copy(unzip, plain)
-            except (OSError, EOFError) as e:
-                raise UserError(f"--fasta {uri}: cannot decompress ({e})") from None
-        path = plain
+    path = seekable(path, uri, "--fasta", ".fa", log)
     index = Path(str(path) + ".fai")
     if not index.is_file() and not os.access(path.parent, os.W_OK):
         # A read-only folder (a shared genome store): index beside a link in the cache instead.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -99,23 +99,35 @@ def written_keys(out: str, columns: list[str], storage_options: dict | None = No
     return keys
 
 
-def column_values(out: str, column: str, storage_options: dict | None = None) -> list:
-    """One column of every row in OUT's Parquet files, file by file."""
+def column_chunks(out: str, column: str, storage_options: dict | None = None) -> Iterator[Any]:
+    """One column of OUT's Parquet files, a file at a time (an Arrow array each): memory bounded by
+    the largest file, not by OUT."""
     import pyarrow.parquet as pq
 
     fs, _ = storage.filesystem(out, storage_options)
-    values: list = []
     for name in parquet_files(out, storage_options):
         with fs.open(name, "rb") as f:
-            values.extend(pq.read_table(f, columns=[column]).column(column).to_pylist())
+            yield pq.read_table(f, columns=[column]).column(column)
+
+
+def distinct_values(out: str, column: str, storage_options: dict | None = None) -> set:
+    """The distinct values of one column of OUT, a file at a time."""
+    import pyarrow.compute as pc
+
+    values: set = set()
+    for chunk in column_chunks(out, column, storage_options):
+        values.update(pc.unique(chunk).to_pylist())
     return values
 
 
 def run_pipeline(rows: list[dict], out: str, prepare: Callable, prepare_kwargs: dict, actor: type,
                  actor_kwargs: dict, batch_size: int, actors: int, cpus_per_actor: float, gpus_per_actor: float,
-                 storage_options: dict | None = None) -> dict[str, Any]:
-    """rows -> ``prepare`` (Ray Data tasks: genome reads, tokens) -> a fixed pool of ``actor``
-    (the model, one copy per actor) -> Parquet under OUT. Returns counts and timings."""
+                 storage_options: dict | None = None, read: Callable | None = None,
+                 read_kwargs: dict | None = None) -> dict[str, Any]:
+    """rows -> [``read``: one task per row, each a read unit whose records it streams out in
+    batches] -> ``prepare`` (Ray Data tasks: genome reads, tokens) -> a fixed pool of ``actor`` (the
+    model, one copy per actor) -> Parquet under OUT. Returns counts and timings. A UserError raised in
+    a task reaches the caller as itself (one line), not as Ray's wrapped traceback."""
     import ray
 
     from randommask.common.ray_runtime import ensure_ray
@@ -123,13 +135,32 @@ def run_pipeline(rows: list[dict], out: str, prepare: Callable, prepare_kwargs: 
     ensure_ray()
     ray.data.DataContext.get_current().enable_progress_bars = False
     t0 = time.time()
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), math.ceil(len(rows) / batch_size))))
+    if read is not None:
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        ds = ds.map_batches(read, fn_kwargs=read_kwargs or {}, batch_size=1, batch_format="numpy")
+    else:
+        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), math.ceil(len(rows) / batch_size))))
     ds = ds.map_batches(prepare, fn_kwargs=prepare_kwargs, batch_size=batch_size, batch_format="numpy")
     ds = ds.map_batches(actor, fn_constructor_kwargs=actor_kwargs, batch_size=batch_size, batch_format="numpy",
                         concurrency=actors, num_cpus=cpus_per_actor, num_gpus=gpus_per_actor or None)
     path, fs = storage.ray_storage(out, storage_options)
-    ds.write_parquet(path, filesystem=fs)
+    try:
+        ds.write_parquet(path, filesystem=fs)
+    except Exception as e:
+        message = task_user_error(e)
+        if message is None:
+            raise
+        raise UserError(message) from None
     return {"rows": len(rows), "seconds": round(time.time() - t0, 2)}
+
+
+def task_user_error(exc: BaseException) -> str | None:
+    """The message of a UserError raised in a Ray task, from what reaches the driver: Ray Data
+    passes on the task's formatted traceback, not the exception object."""
+    import re
+
+    found = re.findall(rf"{re.escape(UserError.__module__)}\.UserError: (.+)", str(exc))
+    return found[-1].strip() if found else None
 
 
 def object_column(items: list) -> np.ndarray:

@@ -39,27 +39,29 @@ from randommask.inference.centre import (
     masked_windows,
     strand_windows,
 )
-from randommask.inference.variant_inputs import read_variants
+from randommask.inference.variant_inputs import allele_batches, allele_row, plan_vcf, read_table, unit_rows
 
 KEY = ["chrom", "pos", "id", "ref", "alt"]
 
 
 def windows(batch: dict[str, np.ndarray], fasta: str, k: int, stride: int, window_bp: int, strands: str = "both",
-            aliases: dict[str, str] | None = None, storage_options: dict | None = None) -> dict[str, np.ndarray]:
+            storage_options: dict | None = None) -> dict[str, np.ndarray]:
     """Ray Data task: for each allele not already refused, the masked window of each strand (token
     ids, (S, L)) and the ids of the four candidate k-mers at its masked tokens ((S, M, 4), by base
     code); or the reason it cannot be scored. The window is centred on the normalized position
-    (``window_bp`` odd), clipped at contig ends; ``aliases`` maps the variants' contig names to the
-    FASTA's."""
+    (``window_bp`` odd), clipped at contig ends. Contig names match the FASTA's with or without
+    ``chr`` (``alleles.contig_aliases``)."""
     from randommask.data.tokenizer import UNK, KmerTokenizer, codes_from_bytes
 
     fa = fasta_io.open_fasta(fasta, storage_options, log=lambda *_: None)
     lengths = fasta_io.contig_lengths(fa)
     tok = KmerTokenizer(k, stride)
-    aliases = aliases or {}
+    aliases: dict[str, str] = {}
     ids_col, cand_col, errors = [], [], []
     for chrom, pos, ref, error in zip(batch["chrom"], batch["norm_pos"], batch["norm_ref"], batch["error"]):
         chrom, p, ref, error = str(chrom), int(pos) - 1, str(ref), str(error)
+        if chrom not in lengths and chrom not in aliases:
+            aliases[chrom] = contig_aliases([chrom], lengths).get(chrom, chrom)
         contig = aliases.get(chrom, chrom)
         ids, cands = np.zeros((1, 0), np.int32), np.zeros((1, 0, 4), np.int32)
         if error:
@@ -146,7 +148,7 @@ class Scorer:
 def score_variants(checkpoint: str, fasta: str, vcf: str | None, out: str, window_bp: int | None = None,
                    strands: str = "both", batch_size: int = 64, overwrite: bool = False, actors: int = 1,
                    cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, variants: str | None = None,
-                   storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   regions: list[str] | None = None, storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """One row per ALT allele of the VCF (or the ``variants`` table) in Parquet files under ``out``: scored where it is an SNV of
     A/C/G/T after trimming, else with its reason in ``error``; returns a summary."""
     for flag, value in (("--batch-size", batch_size), ("--actors", actors)):
@@ -161,34 +163,61 @@ def score_variants(checkpoint: str, fasta: str, vcf: str | None, out: str, windo
     if window < tok.k:
         raise UserError(f"--window-bp {window_bp}: shorter than one {tok.k}-mer")
     fa = fasta_io.open_fasta(fasta, storage_options, log)  # index it once, here, before the workers read it
-    alleles = read_variants(vcf, variants, storage_options)
-    aliases = contig_aliases((a.chrom for a in alleles), fasta_io.contig_lengths(fa))
-    if aliases:
-        shown = ", ".join(f"{v} -> {f}" for v, f in sorted(aliases.items())[:6]) + (" ..." if len(aliases) > 6 else "")
-        log(f"contigs  variant names matched to the FASTA's: {shown}")
+    if vcf is not None and variants is not None or vcf is None and variants is None:
+        raise UserError("give the variants as --vcf FILE or as --variants TABLE (one of them)")
+    if regions and vcf is None:
+        raise UserError("--region reads an indexed VCF; filter a --variants table before passing it")
+    plan = plan_vcf(vcf, regions, storage_options, log) if vcf is not None else None
+    table = read_table(variants, storage_options) if variants is not None else []
     prov = prov_io.provenance("score-variants", checkpoint, {"window_bp": window, "strands": strands, "k": tok.k,
                                                              "stride": tok.stride}, storage_options)
     prov_io.claim(out, prov, overwrite, storage_options, log)
-    done = runtime.written_keys(out, KEY, storage_options)
-    todo = [a for a in alleles if (a.chrom, a.pos, a.id, a.ref, a.alt) not in done]
-    refused = Counter(reason_kind(a.reason) for a in alleles if a.reason)
-    log(f"score {len(alleles)} allele(s) ({len(alleles) - len(todo)} already in {out}, {len(todo)} to do; "
-        f"{sum(refused.values())} not SNVs of A/C/G/T, kept with their reason), windows of {window} bp")
-    summary = {"variants": len(alleles), "skipped_done": len(alleles) - len(todo), "scored": 0, "errors": 0,
-               "skipped_indels": refused["indel"], "skipped_symbolic": refused["symbolic"], "not_scored": {},
-               "contig_aliases": aliases, "window_bp": window, "strands": strands, "out": out, "seconds": 0.0}
-    if todo:
-        rows = [{"chrom": a.chrom, "pos": a.pos, "id": a.id, "ref": a.ref, "alt": a.alt, "norm_pos": a.norm_pos,
-                 "norm_ref": a.norm_ref, "norm_alt": a.norm_alt, "error": a.reason} for a in todo]
+    done = frozenset(runtime.written_keys(out, KEY, storage_options))
+    if plan is not None:
+        where = f"{len(regions)} region(s)" if regions else ("the whole file" if not plan.indexed else "its index")
+        log(f"score    the alleles of {vcf} ({where}: {len(plan.units)} read task(s)), {len(done)} already in {out}; "
+            f"windows of {window} bp")
+        rows = unit_rows(plan)
+        read = dict(read=allele_batches, read_kwargs=dict(plan=plan, done=done))
+    else:
+        todo = [a for a in table if (a.chrom, a.pos, a.id, a.ref, a.alt) not in done]
+        log(f"score    {len(table)} allele(s) of {variants} ({len(table) - len(todo)} already in {out}); "
+            f"windows of {window} bp")
+        rows = [allele_row(a) for a in todo]
+        read = {}
+    summary = {"variants": 0, "skipped_done": len(done), "scored": 0, "errors": 0, "skipped_indels": 0,
+               "skipped_symbolic": 0, "not_scored": {}, "contig_aliases": {}, "window_bp": window,
+               "strands": strands, "regions": list(regions or []), "out": out, "seconds": 0.0}
+    if rows:
         ran = runtime.run_pipeline(
             rows, out, windows, dict(fasta=fasta, k=tok.k, stride=tok.stride, window_bp=window, strands=strands,
-                                     aliases=aliases, storage_options=storage_options),
+                                     storage_options=storage_options),
             Scorer, dict(checkpoint=checkpoint, gpu=gpus_per_actor > 0, threads=max(1, int(cpus_per_actor)),
                          storage_options=storage_options, provenance=prov),
-            batch_size, actors, cpus_per_actor, gpus_per_actor, storage_options)
+            batch_size, actors, cpus_per_actor, gpus_per_actor, storage_options, **read)
         summary["seconds"] = ran["seconds"]
-    kinds = Counter(reason_kind(e) for e in runtime.column_values(out, "error", storage_options) if e)
+    # The names as the output has them (a VCF without ##contig lines declares none up front).
+    aliases = contig_aliases(runtime.distinct_values(out, "chrom", storage_options), fasta_io.contig_lengths(fa))
+    if aliases:
+        shown = ", ".join(f"{v} -> {f}" for v, f in sorted(aliases.items())[:6]) + (" ..." if len(aliases) > 6 else "")
+        log(f"contigs  variant names matched to the FASTA's: {shown}")
+    summary["contig_aliases"] = aliases
+    rows_out, kinds = error_kinds(out, storage_options)
     summary["not_scored"] = {k: kinds[k] for k in REASONS if kinds[k]}
-    summary["errors"] = sum(kinds.values())
-    summary["scored"] = len(alleles) - summary["errors"]
+    summary["skipped_indels"], summary["skipped_symbolic"] = kinds["indel"], kinds["symbolic"]
+    summary["variants"], summary["errors"] = rows_out, sum(kinds.values())
+    summary["scored"] = rows_out - summary["errors"]
     return summary
+
+
+def error_kinds(out: str, storage_options: dict | None = None) -> tuple[int, Counter]:
+    """(rows in OUT, rows not scored by the kind of their reason), a file at a time."""
+    import pyarrow.compute as pc
+
+    rows, kinds = 0, Counter()
+    for errors in runtime.column_chunks(out, "error", storage_options):
+        rows += len(errors)
+        for item in pc.value_counts(errors).to_pylist():
+            if item["values"]:
+                kinds[reason_kind(item["values"])] += item["counts"]
+    return rows, kinds
