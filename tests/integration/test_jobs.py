@@ -50,9 +50,15 @@ class RayHead:
             token = subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=self.env, capture_output=True,
                                    text=True, timeout=60)
             assert token.returncode == 0, token.stderr
-        ports = {name: free_port() for name in ("gcs", "dash", "metrics", "client", "agent", "agent_grpc", "rt_env",
-                                                "node", "object")}
+        # Ray refuses to start when a component's port lies in the worker range (a ~3% chance when both are
+        # drawn at random): draw the range first, then ports outside it, all distinct.
         worker_lo = free_port() // 100 * 100 % 50000 + 10000
+        ports: dict[str, int] = {}
+        for name in ("gcs", "dash", "metrics", "client", "agent", "agent_grpc", "rt_env", "node", "object"):
+            port = free_port()
+            while worker_lo <= port < worker_lo + 100 or port in ports.values():
+                port = free_port()
+            ports[name] = port
         self.gcs_port, self.metrics_port = ports["gcs"], ports["metrics"]
         self.proc = subprocess.Popen(
             [BIN / "ray", "start", "--head", "--block", f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1",
