@@ -148,9 +148,11 @@ class Scorer:
 def score_variants(checkpoint: str, fasta: str, vcf: str | None, out: str, window_bp: int | None = None,
                    strands: str = "both", batch_size: int = 64, overwrite: bool = False, actors: int = 1,
                    cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, variants: str | None = None,
-                   regions: list[str] | None = None, storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """One row per ALT allele of the VCF (or the ``variants`` table) in Parquet files under ``out``: scored where it is an SNV of
-    A/C/G/T after trimming, else with its reason in ``error``; returns a summary."""
+                   regions: list[str] | None = None, storage_options: dict | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """One row per ALT allele of the VCF (or the ``variants`` table) in Parquet files under ``out``:
+    scored where it is an SNV of A/C/G/T after trimming, else with its reason in ``error``; returns a
+    summary."""
     for flag, value in (("--batch-size", batch_size), ("--actors", actors)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
@@ -163,7 +165,7 @@ def score_variants(checkpoint: str, fasta: str, vcf: str | None, out: str, windo
     if window < tok.k:
         raise UserError(f"--window-bp {window_bp}: shorter than one {tok.k}-mer")
     fa = fasta_io.open_fasta(fasta, storage_options, log)  # index it once, here, before the workers read it
-    if vcf is not None and variants is not None or vcf is None and variants is None:
+    if (vcf is None) == (variants is None):
         raise UserError("give the variants as --vcf FILE or as --variants TABLE (one of them)")
     if regions and vcf is None:
         raise UserError("--region reads an indexed VCF; filter a --variants table before passing it")
