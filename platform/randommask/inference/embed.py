@@ -78,12 +78,10 @@ class Embedder:
             n = len(str(strands))
             per_strand += np.split(ids, n)
             owner += [i] * n
-        vectors = np.zeros((len(batch["ids"]), 0), np.float32)
-        if per_strand:
-            each = self.embed(per_strand)
-            vectors = np.zeros((len(batch["ids"]), each.shape[1]), np.float64)
-            np.add.at(vectors, np.array(owner), each)
-            vectors = (vectors / np.bincount(owner, minlength=len(vectors))[:, None]).astype(np.float32)
+        each = self.embed(per_strand)  # every region is read on at least one strand
+        vectors = np.zeros((len(batch["ids"]), each.shape[1]), np.float64)
+        np.add.at(vectors, np.array(owner), each)
+        vectors = (vectors / np.bincount(owner, minlength=len(vectors))[:, None]).astype(np.float32)
         dim = vectors.shape[1]
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
         table = pa.table({"chrom": pa.array([str(c) for c in batch["chrom"]]),

@@ -86,8 +86,8 @@ def claim(out: str, prov: dict[str, Any], overwrite: bool = False, storage_optio
             log(f"note     {out} was written from {old.get('checkpoint')}; the same weights, so it resumes")
     if overwrite:
         files = parquet_files(out, storage_options)
+        fs, _ = storage.filesystem(out, storage_options)
         for name in files:
-            fs, _ = storage.filesystem(out, storage_options)
             fs.rm(name)
         if files:
             log(f"overwrite removed {len(files)} Parquet file(s) from {out}")
