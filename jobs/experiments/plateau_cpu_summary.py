@@ -13,7 +13,7 @@ from pathlib import Path
 
 ARMS = ("span", "randommask", "wide-now")
 KEYS = ("eval_span_k_base_loss", "eval_span_2k_base_loss", "eval_span_k_mask_loss", "eval_span_2k_mask_loss")
-MAX_STEPS = 15000
+MAX_STEPS = 16000
 
 
 def evals(path: Path) -> dict[int, dict]:
