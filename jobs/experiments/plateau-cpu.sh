@@ -16,6 +16,11 @@
 #   git clone . /tmp/plateau && cd /tmp/plateau && make venv && \
 #     KEEP=$OLDPWD/docs/experiments/plateau-cpu jobs/experiments/plateau-cpu.sh
 # SEEDS="0 1" ARMS="span randommask wide-now" narrow it; the order is seed by seed, so pairs finish first.
+#
+# A machine's outputs/ may not outlive a session: `plateau-cpu.sh park` (run before stopping) copies the
+# newest checkpoint of each unfinished run to $KEEP/parked/ (about 12 MB a run) to be committed, and a
+# clone at that commit continues each run from its parked checkpoint (run.resume_from) when outputs/
+# has none. A finished run's parked copy is removed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-outputs/experiments/plateau-cpu}
@@ -24,6 +29,7 @@ GENOME=${GENOME:-../shared/data/genomes/ecoli_536.fna.gz}
 SEEDS=${SEEDS:-0 1 2}
 ARMS=${ARMS:-span randommask wide-now}
 KEEP=${KEEP:-docs/experiments/plateau-cpu}
+PARKED=${PARKED:-docs/experiments/plateau-cpu/parked}   # this clone's own, as committed
 POSITIONS=${POSITIONS:-5000}
 
 mkdir -p "$KEEP"
@@ -41,7 +47,7 @@ arm_settings() {  # the masking of each arm; everything else is plateau-cpu.yaml
 }
 
 collect() {  # the small, durable results
-  echo "runs made at commit $(git rev-parse HEAD 2>/dev/null || echo unknown) of randommask" > "$KEEP/provenance.txt"
+  echo "runs made at commit $(git -C "$OUT" rev-parse HEAD 2>/dev/null || echo unknown) of randommask" > "$KEEP/provenance.txt"
   for run in "$OUT"/runs/*/; do
     name=$(basename "$run")
     [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$KEEP/$name.metrics.jsonl"
@@ -73,12 +79,29 @@ zeroshot() {  # the final and each 1,000-step checkpoint, on the same held-out p
   done
 }
 
+park() {  # the newest checkpoint of each unfinished run, written aside and renamed
+  for run in "$OUT"/runs/*/; do
+    name=$(basename "$run")
+    if [ -f "$run/final/config.json" ]; then rm -rf "${KEEP:?}/parked/$name"; continue; fi
+    newest=$(find "$run" -maxdepth 1 -name 'step_*' -type d | sort | tail -1)
+    [ -n "$newest" ] || continue
+    rm -rf "$KEEP/parked/$name.tmp" && mkdir -p "$KEEP/parked/$name.tmp"
+    cp -r "$newest" "$KEEP/parked/$name.tmp/"
+    rm -rf "${KEEP:?}/parked/$name" && mv "$KEEP/parked/$name.tmp" "$KEEP/parked/$name"
+    echo "plateau-cpu: parked $name at $(basename "$newest") in $KEEP/parked/$name"
+  done
+}
+if [ "${1:-}" = park ]; then park; collect; exit 0; fi
+
 for seed in $SEEDS; do
   for arm in $ARMS; do
     run="$arm-s$seed"
     if [ ! -f "$OUT/runs/$run/final/config.json" ]; then
+      parked=$(find "$PARKED/$run" -maxdepth 1 -name 'step_*' -type d 2>/dev/null | sort | tail -1 || true)
+      # used only while outputs/ has no checkpoint of this run: Ray's own resume comes first
+      resume=(); [ -z "$parked" ] || resume=(--set "run.resume_from=$parked")
       # shellcheck disable=SC2046
-      $RM pretrain "${common[@]}" --set "run.name=$run" --set "run.seed=$seed" $(arm_settings "$arm")
+      $RM pretrain "${common[@]}" --set "run.name=$run" --set "run.seed=$seed" $(arm_settings "$arm") "${resume[@]}"
     fi
     collect
     zeroshot "$run"

@@ -3,6 +3,7 @@ configs, which fail before anything starts, are in tests/unit/test_pretrain.py).
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -91,15 +92,27 @@ def test_stop_and_resume_by_name_sees_the_same_batches(prepared, tmp_path):
     pretrain(load_tiny(prepared, tmp_path, "stopped", *common, "run.stop_after=17"))
     first = jsonl(tmp_path / "stopped" / "metrics.jsonl")
     assert first[-1]["step"] == 17 and not (tmp_path / "stopped" / "final").exists()
+    # the checkpoint copied elsewhere continues under a new name (a run moved to another machine)
+    moved = shutil.copytree(tmp_path / "stopped" / "step_00000017", tmp_path / "elsewhere" / "step_00000017")
+    assert pretrain(load_tiny(prepared, tmp_path, "moved", *common, f"run.resume_from={moved}"))["finished"]
     summary = pretrain(load_tiny(prepared, tmp_path, "stopped", *common))  # same name: resumes
     assert summary["finished"]
     a = {x["step"]: x for x in jsonl(tmp_path / "straight" / "metrics.jsonl")}
-    b = {x["step"]: x for x in jsonl(tmp_path / "stopped" / "metrics.jsonl")}
-    assert sorted(a) == sorted(b) == list(range(1, 41))
-    for step in range(18, 41):  # after the resume: the batches, masks and updates of an uninterrupted run
-        assert b[step]["batch_crc"] == a[step]["batch_crc"], step
-        assert b[step]["loss"] == pytest.approx(a[step]["loss"], abs=1e-4), step
-        assert b[step]["span_max"] == a[step]["span_max"]
+    for run in ("stopped", "moved"):
+        b = {x["step"]: x for x in jsonl(tmp_path / run / "metrics.jsonl")}
+        assert sorted(a) == sorted(b) == list(range(1, 41))
+        for step in range(18, 41):  # after the resume: the batches, masks and updates of an uninterrupted run
+            assert b[step]["batch_crc"] == a[step]["batch_crc"], (run, step)
+            assert b[step]["loss"] == pytest.approx(a[step]["loss"], abs=1e-4), (run, step)
+            assert b[step]["span_max"] == a[step]["span_max"]
+    # ... but not with other training settings, and not from something that is not a checkpoint
+    with pytest.raises(UserError, match=r"trained with other settings \(optim.lr: .* -> 0.0123\)"):
+        pretrain(load_tiny(prepared, tmp_path, "mixed", *common, f"run.resume_from={moved}", "optim.lr=0.0123"))
+    with pytest.raises(UserError, match="no trainer_state.pt there"):
+        pretrain(load_tiny(prepared, tmp_path, "mixed", *common, f"run.resume_from={tmp_path / 'elsewhere'}"))
+    assert not (tmp_path / "mixed").exists()
+    with pytest.raises(UserError, match=r"run stopped .* was started with other settings \(optim.lr: .* -> 0.0123\)"):
+        pretrain(load_tiny(prepared, tmp_path, "stopped", *common, "optim.lr=0.0123"))  # a resume by name too
     events = jsonl(tmp_path / "stopped" / "events.jsonl")
     assert [(e["event"], e["step"]) for e in events] == [("start", 0), ("resume", 17)]
 

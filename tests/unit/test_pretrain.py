@@ -33,3 +33,19 @@ def test_missing_config_and_bad_yaml(tmp_path, capsys):
     bad.write_text("data: [unclosed\n")
     out = run_cli("pretrain", "--config", bad)  # a real process: no warning or traceback beside the line
     assert out.returncode == 2 and "not valid YAML" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_resume_conflicts_name_training_settings_only():
+    from randommask.training.config import resume_conflicts
+
+    base = {"data": {"k": 6, "prepared": "/a", "storage_options": {"key": "x"}}, "masking": {"strategy": "span"},
+            "optim": {"decay": "linear", "max_steps": 100, "lr": 1e-3}, "run": {"name": "a"}, "scaling": {"num_workers": 1}}
+    moved = {**base, "data": {**base["data"], "prepared": "/b", "storage_options": {}}, "run": {"name": "b"},
+             "scaling": {"num_workers": 4}}
+    assert resume_conflicts(base, moved) == []  # where and how it runs may change
+    longer = {**base, "optim": {**base["optim"], "max_steps": 200}}
+    assert resume_conflicts(base, longer) == ["optim.max_steps: 100 -> 200"]  # a linear decay would change
+    const = {**base, "optim": {**base["optim"], "decay": "constant"}}
+    assert resume_conflicts(const, {**const, "optim": {**const["optim"], "max_steps": 200}}) == []
+    other = {**base, "masking": {"strategy": "randommask"}, "data": {**base["data"], "k": 3}}
+    assert resume_conflicts(base, other) == ["data.k: 6 -> 3", "masking.strategy: 'span' -> 'randommask'"]

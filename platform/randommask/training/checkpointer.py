@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from randommask.common import rundir
+from randommask.common import rundir, storage
 from randommask.training.collectives import all_gather
 from randommask.training.config import PretrainConfig, RunSection
 
@@ -57,12 +57,15 @@ class Checkpointer:
         return time.monotonic() - self.t_last >= self.interval
 
     def restore(self, state: TrainState) -> int | None:
-        """Load the latest checkpoint Ray Train hands this worker into the model, optimizer and
-        ``state``; returns its step, or None for a fresh start."""
+        """Load the latest checkpoint Ray Train hands this worker (else ``run.resume_from``) into the
+        model, optimizer and ``state``; returns its step, or None for a fresh start."""
         import ray.train
         from transformers import BertForMaskedLM
 
         ckpt = ray.train.get_checkpoint()
+        if ckpt is None and self.cfg.run.resume_from:  # the driver checked it and its settings
+            path, fs = storage.ray_storage(self.cfg.run.resume_from)
+            ckpt = ray.train.Checkpoint(path, filesystem=fs)
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:

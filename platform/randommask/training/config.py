@@ -100,6 +100,9 @@ class RunSection(Section):
                                      "this x 2^(N-1), jittered, at most 5 minutes")
     seed: int = 0
     stop_after: Optional[int] = Field(None, ge=1, description="checkpoint and stop at this step; resume later")
+    resume_from: Optional[str] = Field(
+        None, description="a step_* checkpoint (local or s3://) to continue from while this run has none of its "
+        "own: a run moved to new storage or a new machine; its training settings must match this config")
 
 
 class ObservabilitySection(Section):
@@ -218,3 +221,29 @@ def dump_config(cfg: PretrainConfig) -> str:
 
 
 __all__ = ["PretrainConfig", "load_config", "validate_config", "apply_overrides", "dump_config", "PAPER_PHASE_ENDS"]
+
+
+# Settings a run may change when it continues from a checkpoint: where and how it runs, how often it
+# reports, not what it trains. Anything else differing would mix two settings in one run.
+RESUME_MAY_DIFFER = ("run.", "observability.", "scaling.", "data.prepared", "data.storage_options")
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key != "storage_options":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_conflicts(saved: dict, current: dict) -> list[str]:
+    """The training settings in which a checkpoint's config (``saved``) and this one differ, as
+    ``key: saved -> current``. ``optim.max_steps`` may grow or shrink under a constant learning rate,
+    where the schedule does not depend on it."""
+    a, b = flatten(saved), flatten(current)
+    if a.get("optim.decay") == b.get("optim.decay") == "constant":
+        a.pop("optim.max_steps", None), b.pop("optim.max_steps", None)
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if not k.startswith(RESUME_MAY_DIFFER) and a.get(k) != b.get(k)]

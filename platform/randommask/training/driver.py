@@ -5,18 +5,19 @@ summarizes the run directory (``common.rundir`` has its layout).
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from randommask.common import storage
+from randommask.common import rundir, storage
 from randommask.data.prepare import read_manifest
 from randommask.data.stream import build_plan
 from randommask.data.tokenizer import vocab_size_for
 from randommask.errors import UserError
-from randommask.training.config import PretrainConfig
+from randommask.training.config import PretrainConfig, resume_conflicts
 from randommask.training.metrics import SUMMARY_EVAL_KEYS, is_eval_line
 
 
@@ -58,6 +59,38 @@ def check_init_from(cfg: PretrainConfig) -> None:
                         f"data.k={cfg.data.k} ({vocab_size_for(cfg.data.k)} tokens)")
 
 
+def check_resume(cfg: PretrainConfig) -> None:
+    """A run continues only with the training settings it was started with: those in its own
+    config.yaml once it has started, else those of the checkpoint ``run.resume_from`` names."""
+    current = cfg.model_dump(mode="json")
+    started = cfg.run_dir().read_config()
+    if started is not None:
+        conflicts = resume_conflicts(started, current)
+        if conflicts:
+            raise UserError(f"run {cfg.run.name} in {cfg.run.storage_path} was started with other settings "
+                            f"({'; '.join(conflicts)}); rerun with those to continue it, or choose a new run.name")
+        return
+    src = cfg.run.resume_from
+    if src is None:
+        return
+    import torch
+
+    state = storage.join(src, rundir.STATE_FILE)
+    if not storage.exists(state):
+        raise UserError(f"run.resume_from {src}: no {rundir.STATE_FILE} there; name a step_* checkpoint "
+                        "directory of a pretraining run")
+    raw = storage.read_bytes(state)  # a storage failure is one line already
+    try:
+        saved = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)["config"]
+    except Exception as e:
+        raise UserError(f"run.resume_from {src}: {rundir.STATE_FILE} is unreadable ({type(e).__name__}); "
+                        "name a step_* checkpoint directory of a pretraining run") from None
+    conflicts = resume_conflicts(saved, current)
+    if conflicts:
+        raise UserError(f"run.resume_from {src}: trained with other settings ({'; '.join(conflicts)}); "
+                        "continue it with its own settings, or start a new run")
+
+
 def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     """Run (or resume, when the run's name already has checkpoints) a pretraining; returns a summary.
     ``callbacks`` are Ray Train ``UserCallback``s (a sweep passes Tune's report callback)."""
@@ -73,6 +106,7 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
     with storage.preflight():  # a wrong endpoint, key or path fails in seconds, before anything is written
         check_storage(cfg)
         check_init_from(cfg)
+        check_resume(cfg)
         check_data(cfg)
     floors = run_floors(cfg)
     cfg.run_dir().write_floors(floors)
@@ -118,6 +152,8 @@ def absolute_paths(cfg: PretrainConfig) -> PretrainConfig:
         cfg.run.storage_path = os.path.abspath(cfg.run.storage_path)
     if cfg.model.init_from and os.path.exists(cfg.model.init_from):
         cfg.model.init_from = os.path.abspath(cfg.model.init_from)
+    if cfg.run.resume_from and storage.is_local(cfg.run.resume_from):
+        cfg.run.resume_from = os.path.abspath(cfg.run.resume_from)
     return cfg
 
 
