@@ -43,6 +43,8 @@ bench: $(STAMP)
 	$(VENV)/bin/randommask bench pipeline --genome "$(GENOME)"
 	$(VENV)/bin/randommask bench train-overhead --genome "$(GENOME)"
 	$(VENV)/bin/randommask bench e2e --genome "$(GENOME)"
+	$(VENV)/bin/randommask bench embed --genome "$(GENOME)"
+	$(VENV)/bin/randommask bench score-variants --genome "$(GENOME)"
 
 # The CUDA paths the CPU suite cannot run (docs/testing.md). On a bare GPU machine without .venv:
 #   PYTHONPATH=platform python3 -m randommask.tools.gpu_check

@@ -32,3 +32,12 @@ def test_bench_pipeline_streams_from_a_local_s3_server(ecoli):
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["bench"] == "pipeline" and r["tokens_per_s"] > 0 and r["ratio"] > 0
     assert set(r["per_chunk_stage_tokens_per_s"]) == {"read", "cut_filter_shuffle_rc", "tokenize"}
+
+
+def test_bench_score_variants_agrees_with_a_gpn_style_loop(ecoli):
+    out = run_cli("bench", "score-variants", "--variants", "150", "--window-bp", "127", "--genome", ecoli, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["bench"] == "score-variants" and r["variants"] == r["scored"] == 150
+    assert r["max_abs_llr_diff"] < 1e-4  # the same scores: the comparison is of speed alone
+    assert r["ratio"] > 0 and r["steady_ratio"] > 0 and r["ours_fixed_s"] > 0

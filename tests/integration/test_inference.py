@@ -115,7 +115,7 @@ def test_scores_are_antisymmetric_zero_for_ref_and_handle_edges_ns_and_mismatche
     again = score_variants(str(tiny_checkpoint), str(path), str(tmp_path / "v.vcf"), str(out), window_bp=128, log=QUIET)
     assert again["skipped_done"] == len(rows) and again["variants"] == len(rows)  # the read tasks left all out
     assert len(pq.read_table(out)) == len(rows)
-    assert {p.suffix for p in out.iterdir() if p.name != "_provenance.json"} == {".parquet"}
+    assert {p.suffix for p in out.iterdir() if not p.name.startswith("_")} == {".parquet"}
     record = json.loads((out / "_provenance.json").read_text())
     assert record["command"] == "score-variants" and record["checkpoint"] == str(tiny_checkpoint)
     assert record["settings"] == {"k": 6, "stride": 1, "strands": "both", "window_bp": 127}
@@ -132,6 +132,72 @@ def test_scores_are_antisymmetric_zero_for_ref_and_handle_edges_ns_and_mismatche
     assert fresh["skipped_done"] == 0 and fresh["scored"] + fresh["errors"] == len(rows)
     assert len(pq.read_table(out)) == len(rows)
     assert json.loads((out / "_provenance.json").read_text())["settings"]["window_bp"] == 63
+
+
+@pytest.mark.ray
+def test_out_vcf_keeps_every_record_whole_sorted_indexed_and_equal_to_the_parquet(ray_local, genome, tiny_checkpoint,
+                                                                                 tmp_path):
+    import pysam
+
+    path, contigs = genome
+    seq, n_seq = contigs[CHROM], contigs["chrN"]
+    other = {"A": "G", "C": "T", "G": "A", "T": "C"}
+    records = [(CHROM, p, f"v{p}", seq[p - 1], other[seq[p - 1]]) for p in (5, 40, 41, 700, 1500, 2990)]
+    records += [(CHROM, 900, "multi", seq[899], f"{other[seq[899]]},<DEL>,{seq[899]}T"),  # SNV, symbolic, indel
+                (CHROM, 900, "second", seq[899], "N"), ("chrN", 30, "n30", n_seq[29], other[n_seq[29]])]
+    records.sort(key=lambda r: ((CHROM, "chrN").index(r[0]), r[1]))
+    header = ("##fileformat=VCFv4.2\n##FORMAT=<ID=GT,Number=1,Type=String,Description=\"Genotype\">\n"
+              "##INFO=<ID=DP,Number=1,Type=Integer,Description=\"Depth\">\n"
+              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\n")
+    text = header + "".join(f"{c}\t{p}\t{i}\t{r}\t{a}\t50\tPASS\tDP={p}\tGT\t0/1\n" for c, p, i, r, a in records)
+    (tmp_path / "in.vcf").write_text(text)
+    vcf = pysam.tabix_index(str(tmp_path / "in.vcf"), preset="vcf", force=True)  # bgzip + .tbi by htslib
+    out, out_vcf = tmp_path / "scores", tmp_path / "annotated" / "scores.vcf.gz"
+    s = score_variants(str(tiny_checkpoint), str(path), vcf, str(out), window_bp=64, batch_size=2,
+                       out_vcf=str(out_vcf), log=QUIET)
+    assert s["vcf"] == {"records": len(records), "alts": len(records) + 2} and s["sorted_rows"] == len(records) + 2
+    # The Parquet output reads back, in its files' name order, in genome order.
+    files = sorted(p for p in out.glob("*.parquet"))
+    rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+    keys = [((CHROM, "chrN").index(r["chrom"]), r["pos"], r["id"], r["ref"], r["alt"]) for r in rows]
+    assert keys == sorted(keys) and len(files) == 1 and not (out / "_sorting").exists()
+    by_key = {(r["chrom"], r["pos"], r["id"], r["ref"], r["alt"]): r for r in rows}
+    # The VCF: every input record, whole (QUAL, FILTER, INFO, samples), with one value per ALT.
+    assert Path(str(out_vcf) + ".tbi").is_file() and not list(out_vcf.parent.glob(".*partial"))
+    with pysam.VariantFile(str(out_vcf)) as vf:
+        assert vf.header.info["RM_LLR"].number == "A" and str(tiny_checkpoint) in str(vf.header)
+        got = list(vf)
+        assert [(r.chrom, r.pos, r.id) for r in got] == [(c, p, i) for c, p, i, _, _ in records]
+        assert len(list(vf.fetch("chrN"))) == 1  # the index works
+    for r in got:
+        assert r.qual == 50 and list(r.filter) == ["PASS"] and r.info["DP"] == r.pos and r.samples["s1"]["GT"] == (0, 1)
+        for i, alt in enumerate(r.alts):
+            row = by_key[(r.chrom, r.pos, r.id, r.ref, alt)]
+            for tag, column in (("RM_LLR", "llr"), ("RM_PREF", "p_ref"), ("RM_PALT", "p_alt"), ("RM_ENTROPY", "entropy")):
+                value = r.info[tag][i] if tag in r.info else None
+                assert value == (None if row[column] is None else pytest.approx(row[column], rel=1e-5, abs=1e-6))
+            err = r.info[tag][i] if (tag := "RM_ERR") in r.info else None
+            assert (err in (None, ".")) == (row["error"] == ""), (r.id, alt, err, row["error"])
+    multi = next(r for r in got if r.id == "multi")
+    assert multi.info["RM_ERR"][1:] == ("symbolic", "indel") and multi.info["RM_LLR"][0] is not None
+    # A table has no records to keep: its sites, sorted, from the same rows.
+    tsv = tmp_path / "v.tsv"
+    tsv.write_text("chrom\tpos\tid\tref\talt\n" + "".join(f"{c}\t{p}\t{i}\t{r}\t{a}\n" for c, p, i, r, a in
+                                                         reversed(records)))
+    sites = score_variants(str(tiny_checkpoint), str(path), None, str(tmp_path / "t"), window_bp=64, variants=str(tsv),
+                           out_vcf=str(tmp_path / "sites.vcf.gz"), log=QUIET)
+    assert sites["vcf"] == s["vcf"]
+    with pysam.VariantFile(str(tmp_path / "sites.vcf.gz")) as vf:
+        table_records = [(r.chrom, r.pos, r.id, dict(zip(r.alts, r.info.get("RM_LLR") or [None] * 3))) for r in vf]
+    # (a table's ALTs of one site come in sorted order)
+    assert table_records == [(r.chrom, r.pos, r.id, dict(zip(r.alts, r.info.get("RM_LLR") or [None] * 3))) for r in got]
+    # An unsorted VCF without an index: the scores are written, the VCF refused in one line.
+    (tmp_path / "unsorted.vcf").write_text(header + "".join(
+        f"{c}\t{p}\t{i}\t{r}\t{a}\t50\tPASS\tDP=1\tGT\t0/1\n" for c, p, i, r, a in reversed(records)))
+    with pytest.raises(UserError, match=r"not sorted by position within chrT .*bcftools sort"):
+        score_variants(str(tiny_checkpoint), str(path), str(tmp_path / "unsorted.vcf"), str(tmp_path / "u"),
+                       window_bp=64, out_vcf=str(tmp_path / "u.vcf.gz"), log=QUIET)
+    assert len(pq.read_table(tmp_path / "u")) == len(records) + 2 and not (tmp_path / "u.vcf.gz").exists()
 
 
 @pytest.mark.ray
@@ -214,7 +280,7 @@ def test_embeddings_equal_a_direct_forward_tile_long_regions_and_resume(ray_loca
     assert any("the same weights, so it resumes" in n for n in notes)
     with pytest.raises(UserError, match=r"layer -1 there, 1 now"):
         embed(str(copy), str(path), str(bed), str(out), window_bp=300, strands="forward", layer=1, log=QUIET)
-    assert {p.suffix for p in out.iterdir() if p.name != "_provenance.json"} == {".parquet"}
+    assert {p.suffix for p in out.iterdir() if not p.name.startswith("_")} == {".parquet"}
 
 
 @pytest.mark.ray
@@ -311,11 +377,17 @@ def test_both_commands_from_s3_through_the_cli(ray_local, s3, genome, tiny_check
     record = json.loads((bucket / "emb" / "_provenance.json").read_text())  # written to S3 like the results
     assert record["checkpoint"] == "s3://inference/model" and record["settings"]["max_kmers"] == 195
     res = run_cli("score-variants", "s3://inference/model", "--fasta", "s3://inference/g.fa.gz", "--vcf",
-                  "s3://inference/v.vcf", "--out", "s3://inference/scores", "--window-bp", "128", timeout=600, env=env)
+                  "s3://inference/v.vcf", "--out", "s3://inference/scores", "--window-bp", "128",
+                  "--out-vcf", "s3://inference/scored.vcf.gz", timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "scored   1 SNV(s), 0 reported with an error" in res.stdout
     row = pq.read_table(bucket / "scores").to_pylist()[0]
     assert row["error"] == "" and row["pos"] == 321 and np.isfinite(row["llr"])
+    assert sorted(p.name for p in (bucket / "scores").iterdir() if not p.name.startswith("_"))[0].startswith("sorted-")
+    import pysam  # the sorted rows and the annotated VCF, both on S3
+
+    with pysam.VariantFile(str(bucket / "scored.vcf.gz")) as vf:
+        assert [r.info["RM_LLR"][0] for r in vf.fetch(CHROM)] == [pytest.approx(row["llr"], rel=1e-6)]
     res = run_cli("embed", "s3://inference/model", "--fasta", "s3://inference/g.fa.gz", "--regions",
                   "s3://inference/absent.bed", "--out", "s3://inference/x", env=env)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "absent.bed" in res.stderr

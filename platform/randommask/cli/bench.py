@@ -43,7 +43,13 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     em.add_argument("--regions", type=int, default=400)
     em.add_argument("--region-bp", type=int, default=500)
     em.add_argument("--batch", type=int, default=64)
-    for q in (t, m, s, pl, to, e2e, em):
+    sv = bs.add_parser("score-variants", help="randommask score-variants (Ray Data) vs a GPN-style loop, one forward "
+                       "pass per variant")
+    sv.add_argument("--preset", default="tiny")
+    sv.add_argument("--variants", type=int, default=10000)
+    sv.add_argument("--window-bp", type=int, default=511, help="bases around each variant (odd: centred)")
+    sv.add_argument("--batch", type=int, default=64)
+    for q in (t, m, s, pl, to, e2e, em, sv):
         q.add_argument("--genome", help="FASTA file (default: the 300-kb E. coli slice shipped with the package; "
                        "make bench passes the whole genome)")
         q.add_argument("--k", type=int, default=6)

@@ -64,6 +64,8 @@ def add_score_variants(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--region", action="append", metavar="CHR:START-END", help="only the records in this region "
                    "(1-based, inclusive; or a whole contig), read through the VCF's tabix/CSI index; repeatable")
     p.add_argument("--batch-size", type=int, default=64, help="variants per batch")
+    p.add_argument("--out-vcf", metavar="FILE.vcf.gz", help="also write the scored records as a VCF with INFO RM_LLR, "
+                   "RM_PREF, RM_PALT, RM_ENTROPY (and RM_ERR), sorted, bgzipped and tabix-indexed (local or s3://)")
     p.add_argument("--strands", choices=("both", "forward"), default="both",
                    help="average the forward and reverse-complement scores (default), or the forward strand alone")
 
@@ -72,7 +74,7 @@ def run_score_variants(args: argparse.Namespace) -> None:
     from randommask.inference.variants import score_variants
 
     s = score_variants(args.checkpoint, args.fasta, args.vcf, args.out, window_bp=args.window_bp, variants=args.variants,
-                       regions=args.region,
+                       regions=args.region, out_vcf=args.out_vcf,
                        strands=args.strands, batch_size=args.batch_size, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                        gpus_per_actor=args.gpus_per_actor, overwrite=args.overwrite,
                        storage_options=storage_options_from(args))
@@ -80,7 +82,9 @@ def run_score_variants(args: argparse.Namespace) -> None:
     print(f"scored   {s['scored']} SNV(s), {s['errors']} reported with an error{f' ({reasons})' if reasons else ''}; "
           f"windows of {s['window_bp']} bp, {s['strands']} strand(s); {s['seconds']:.1f} s")
     print(f"out      {s['out']} (Parquet: chrom, pos, id, ref, alt, norm_pos, norm_ref, norm_alt, llr, p_ref, p_alt, "
-          "entropy, error)")
+          "entropy, error; in genome order)")
+    if s.get("vcf"):
+        print(f"vcf      {args.out_vcf} ({s['vcf']['records']} record(s), {s['vcf']['alts']} ALT(s); tabix-indexed)")
 
 
 def add_zeroshot(sub: argparse._SubParsersAction) -> None:

@@ -53,6 +53,18 @@ def load_model(checkpoint: str, kind: str, gpu: bool, threads: int | None, stora
     return model.to(device), KmerTokenizer.from_pretrained(local), device
 
 
+def masked_log_probs(model, ids, attention_mask=None):
+    """Log-probabilities over the vocabulary at the [MASK] tokens of ``ids`` only, row by row in token
+    order ((number of [MASK] tokens, vocabulary)): the encoder runs on every token, the MLM head only
+    where it is read, which is most of a small model's work when run on every token."""
+    import torch
+
+    from randommask.data.tokenizer import MASK
+
+    hidden = model.bert(input_ids=ids, attention_mask=attention_mask).last_hidden_state
+    return torch.log_softmax(model.cls(hidden[ids == MASK]).float(), -1)
+
+
 def model_limits(checkpoint: str, storage_options: dict | None = None) -> tuple[Any, Any]:
     """(tokenizer, config) of a checkpoint, read in the driver before any work starts."""
     from transformers import BertConfig
@@ -65,7 +77,8 @@ def model_limits(checkpoint: str, storage_options: dict | None = None) -> tuple[
 
 
 def parquet_files(out: str, storage_options: dict | None = None) -> list[str]:
-    """The Parquet files under OUT (names starting with ``_`` or ``.`` are ours, not results)."""
+    """The Parquet files under OUT (names and folders starting with ``_`` or ``.`` are ours, not
+    results)."""
     fs, path = storage.filesystem(out, storage_options)
     try:
         fs.invalidate_cache(path)  # Ray's writers add files after this process listed OUT (s3fs caches listings)
@@ -74,11 +87,12 @@ def parquet_files(out: str, storage_options: dict | None = None) -> list[str]:
         return []
     except Exception as e:
         raise UserError(storage.describe_error(e, out)) from None
+    root = path.rstrip("/") + "/"
     keep = []
     for name in names:
-        base = name.rsplit("/", 1)[-1]
-        if base.endswith(".parquet") and not base.startswith(("_", ".")):
-            keep.append(name)
+        parts = name[len(root):].split("/") if name.startswith(root) else [name.rsplit("/", 1)[-1]]
+        if parts[-1].endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts):
+            keep.append(name)  # not under _sorting/ (a sort in progress) or another folder of ours
     return sorted(keep)
 
 

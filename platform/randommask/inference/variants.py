@@ -29,7 +29,7 @@ import numpy as np
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
 from randommask.inference import provenance as prov_io
-from randommask.inference import runtime
+from randommask.inference import runtime, sorted_out
 from randommask.inference.alleles import REASONS, contig_aliases, reason_kind
 from randommask.inference.centre import (
     STRANDS,
@@ -40,6 +40,7 @@ from randommask.inference.centre import (
     strand_windows,
 )
 from randommask.inference.variant_inputs import allele_batches, allele_row, plan_vcf, read_table, unit_rows
+from randommask.inference.vcf_out import write_vcf
 
 KEY = ["chrom", "pos", "id", "ref", "alt"]
 
@@ -116,15 +117,15 @@ class Scorer:
             for row, w in enumerate(windows):
                 ids[row, : len(w)] = torch.from_numpy(w.astype(np.int64))
             with torch.no_grad(), autocast(self.device):
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=(ids != PAD).long().to(self.device)).logits
-            logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-            row = 0
+                logp = runtime.masked_log_probs(self.model, ids.to(self.device),
+                                                (ids != PAD).long().to(self.device)).cpu().numpy()
+            row = 0  # logp's rows: each window's covering tokens, window by window, in token order
             for i in ok:
                 per_strand = []
                 for w, cands in zip(batch["ids"][i], batch["candidates"][i]):
-                    masked = np.where(w == MASK)[0]  # the covering tokens, in token order
-                    per_strand.append(base_log_probs(logp[row, masked][np.arange(len(masked))[:, None], cands]))
-                    row += 1
+                    m = int((w == MASK).sum())
+                    per_strand.append(base_log_probs(logp[row : row + m][np.arange(m)[:, None], cands]))
+                    row += m
                 log_p = combine_strands(per_strand[0], per_strand[1] if len(per_strand) > 1 else None)
                 r, a = CODE_OF_BYTE[ord(str(batch["norm_ref"][i]))], CODE_OF_BYTE[ord(str(batch["norm_alt"][i]))]
                 llr[i] = log_p[a] - log_p[r]
@@ -148,11 +149,11 @@ class Scorer:
 def score_variants(checkpoint: str, fasta: str, vcf: str | None, out: str, window_bp: int | None = None,
                    strands: str = "both", batch_size: int = 64, overwrite: bool = False, actors: int = 1,
                    cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, variants: str | None = None,
-                   regions: list[str] | None = None, storage_options: dict | None = None,
+                   regions: list[str] | None = None, out_vcf: str | None = None, storage_options: dict | None = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """One row per ALT allele of the VCF (or the ``variants`` table) in Parquet files under ``out``:
-    scored where it is an SNV of A/C/G/T after trimming, else with its reason in ``error``; returns a
-    summary."""
+    """One row per ALT allele of the VCF (or the ``variants`` table) in Parquet files under ``out``,
+    sorted in genome order: scored where it is an SNV of A/C/G/T after trimming, else with its reason
+    in ``error``; with ``out_vcf``, the records as an annotated VCF too. Returns a summary."""
     for flag, value in (("--batch-size", batch_size), ("--actors", actors)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
@@ -173,7 +174,10 @@ def score_variants(checkpoint: str, fasta: str, vcf: str | None, out: str, windo
     table = read_table(variants, storage_options) if variants is not None else []
     prov = prov_io.provenance("score-variants", checkpoint, {"window_bp": window, "strands": strands, "k": tok.k,
                                                              "stride": tok.stride}, storage_options)
+    if out_vcf is not None and not out_vcf.endswith(".vcf.gz"):
+        raise UserError(f"--out-vcf {out_vcf}: name it FILE.vcf.gz (it is bgzipped and tabix-indexed)")
     prov_io.claim(out, prov, overwrite, storage_options, log)
+    sorted_out.recover(out, storage_options, log)  # a sort a crash interrupted: finished or dropped first
     done = frozenset(runtime.written_keys(out, KEY, storage_options))
     if plan is not None:
         where = f"{len(regions)} region(s)" if regions else ("the whole file" if not plan.indexed else "its index")
@@ -199,11 +203,16 @@ def score_variants(checkpoint: str, fasta: str, vcf: str | None, out: str, windo
             batch_size, actors, cpus_per_actor, gpus_per_actor, storage_options, **read)
         summary["seconds"] = ran["seconds"]
     # The names as the output has them (a VCF without ##contig lines declares none up front).
-    aliases = contig_aliases(runtime.distinct_values(out, "chrom", storage_options), fasta_io.contig_lengths(fa))
+    lengths = fasta_io.contig_lengths(fa)
+    aliases = contig_aliases(runtime.distinct_values(out, "chrom", storage_options), lengths)
     if aliases:
         shown = ", ".join(f"{v} -> {f}" for v, f in sorted(aliases.items())[:6]) + (" ..." if len(aliases) > 6 else "")
         log(f"contigs  variant names matched to the FASTA's: {shown}")
     summary["contig_aliases"] = aliases
+    summary["sorted_rows"] = sorted_out.sort_out(out, ["pos", "id", "ref", "alt"], list(lengths), prov,
+                                                 storage_options, log)
+    if out_vcf is not None:
+        summary["vcf"] = write_vcf(out, out_vcf, prov, lengths, aliases, plan, storage_options, log)
     rows_out, kinds = error_kinds(out, storage_options)
     summary["not_scored"] = {k: kinds[k] for k in REASONS if kinds[k]}
     summary["skipped_indels"], summary["skipped_symbolic"] = kinds["indel"], kinds["symbolic"]

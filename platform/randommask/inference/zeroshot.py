@@ -90,12 +90,12 @@ def model_log_p_ref(checkpoint: str, windows: np.ndarray, strands: str, batch_si
     per_strand = []
     for codes, q in strand_windows(windows, half, strands):
         ids, cands = masked_windows(codes, q, tok)
-        masked = np.where(ids[0] == MASK)[0]
+        masked = int((ids[0] == MASK).sum())  # the same tokens in every window (all centred on q)
         out = []
         for i in range(0, len(ids), batch_size):
             x = torch.from_numpy(ids[i : i + batch_size].astype(np.int64)).to(device)
             with torch.no_grad(), autocast(device):
-                logp = torch.log_softmax(model(input_ids=x).logits[:, masked].float(), -1).cpu().numpy()
+                logp = runtime.masked_log_probs(model, x).cpu().numpy().reshape(len(x), masked, -1)
             c = cands[i : i + batch_size]
             out.append(base_log_probs(np.take_along_axis(logp, c.astype(np.int64), axis=-1)))
         per_strand.append(np.concatenate(out))

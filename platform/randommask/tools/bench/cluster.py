@@ -1,5 +1,5 @@
-"""Benchmarks through Ray: the data pipeline from S3, the train step in a Ray Train worker, a whole
-pretraining, and batch-inference embeddings."""
+"""Benchmarks through Ray: the data pipeline from S3, the train step in a Ray Train worker and a
+whole pretraining (batch inference is in ``inference``)."""
 
 from __future__ import annotations
 
@@ -232,76 +232,4 @@ def bench_e2e(genome: str | None = None, preset: str = "tiny", batch: int = 32, 
         "torch_threads": {"ours": "Ray Train worker (scaling.cpus_per_worker=1)", "baseline": base["torch_threads"]},
         "baseline": "DNABERT-style: BertTokenizerFast k-mer text up front, torch DataLoader, per-row Python span "
                     "masking, full-vocabulary loss, AdamW",
-    }
-
-
-def bench_embed(genome: str | None = None, preset: str = "tiny", regions: int = 400, region_bp: int = 500,
-                batch: int = 64, k: int = 6, seed: int = 0) -> dict:
-    """Regions/s and tokens/s of ``randommask embed`` (Ray Data: genome reads and tokens in tasks, a
-    pool of one encoder actor, Parquet out) against a plain ``transformers`` loop (pyfaidx reads,
-    ``BertTokenizerFast`` k-mer text, ``BertModel`` mean of the k-mer tokens) on the same model,
-    regions and machine; and how far apart their vectors are."""
-    import pyarrow.parquet as pq
-    import transformers
-    from transformers import BertModel
-
-    from randommask.inference import fasta as fasta_io
-    from randommask.inference.embed import embed
-
-    path = resolve_genome(genome)
-    quiet = lambda *_: None  # noqa: E731
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = f"{tmp}/model"
-        torch.manual_seed(seed)
-        build_mlm(preset, k).save_pretrained(ckpt)
-        KmerTokenizer(k).save_pretrained(ckpt)
-        fa = fasta_io.open_fasta(str(path), log=quiet)
-        chrom, length = max(fasta_io.contig_lengths(fa).items(), key=lambda kv: kv[1])
-        rng = np.random.default_rng(seed)
-        starts = np.sort(rng.integers(0, length - region_bp, size=regions))
-        Path(f"{tmp}/r.bed").write_text("".join(f"{chrom}\t{s}\t{s + region_bp}\tr{i}\n" for i, s in enumerate(starts)))
-        # One batch alone first: Ray and the pipeline's fixed cost (actor start, model load), so the
-        # steady rate can be told from it.
-        Path(f"{tmp}/one.bed").write_text("".join(Path(f"{tmp}/r.bed").read_text().splitlines(True)[:batch]))
-        # The forward strand, as the baseline reads (unstranded regions are averaged over both by default).
-        fixed_s = embed(ckpt, str(path), f"{tmp}/one.bed", f"{tmp}/one", batch_size=batch, strands="forward",
-                        log=quiet)["seconds"]
-        t0 = time.perf_counter()
-        summary = embed(ckpt, str(path), f"{tmp}/r.bed", f"{tmp}/out", batch_size=batch, strands="forward", log=quiet)
-        wall_s = time.perf_counter() - t0
-        ours = pq.read_table(f"{tmp}/out").to_pandas().set_index("name")
-
-        hf = hf_tokenizer(k)
-        transformers.logging.set_verbosity_error()
-        model = BertModel.from_pretrained(ckpt, add_pooling_layer=False).eval()
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as our one actor (--cpus-per-actor 1)
-        t0 = time.perf_counter()
-        base = []
-        with torch.no_grad():
-            for i in range(0, regions, batch):
-                seqs = [fa[chrom][int(s) : int(s) + region_bp] for s in starts[i : i + batch]]
-                text = [" ".join(q[j : j + k] for j in range(len(q) - k + 1)) for q in seqs]
-                enc = hf(text, padding=True, truncation=True, max_length=512, return_tensors="pt")
-                hidden = model(**enc).last_hidden_state
-                keep = enc["attention_mask"].clone()
-                keep[:, 0] = 0
-                keep[torch.arange(len(keep)), enc["attention_mask"].sum(1) - 1] = 0
-                base.append(((hidden * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)).numpy())
-        base_s = time.perf_counter() - t0
-        torch.set_num_threads(threads)
-    base_vecs = np.concatenate(base)
-    ours_vecs = np.stack([ours.loc[f"r{i}", "embedding"] for i in range(regions)])
-    tokens = regions * (region_bp - k + 1)
-    return {
-        "bench": "embed", "preset": preset, "regions": regions, "region_bp": region_bp, "batch": batch,
-        "genome": path.name, "ours_regions_per_s": round(regions / summary["seconds"], 1),
-        "baseline_regions_per_s": round(regions / base_s, 1), "ratio": round(base_s / summary["seconds"], 2),
-        "ours_tokens_per_s": round(tokens / summary["seconds"]), "baseline_tokens_per_s": round(tokens / base_s),
-        "ours_fixed_s": round(fixed_s, 1),
-        "ours_steady_regions_per_s": round((regions - batch) / max(summary["seconds"] - fixed_s, 1e-9), 1),
-        "steady_ratio": round(base_s / regions * (regions - batch) / max(summary["seconds"] - fixed_s, 1e-9), 2),
-        "ours_whole_command_s": round(wall_s, 1), "max_abs_diff": float(np.abs(ours_vecs - base_vecs).max()),
-        "baseline": "plain loop: pyfaidx reads, BertTokenizerFast k-mer text, BertModel forward, mean of the "
-                    "k-mer tokens; 1 torch thread, as our one actor",
     }
