@@ -21,6 +21,7 @@ from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
 from randommask.inference.embed import embed
 from randommask.inference.regions import tiles
+from randommask.inference.sorted_out import sort_out
 from randommask.inference.variants import score_variants
 
 QUIET = lambda *_: None  # noqa: E731
@@ -191,6 +192,15 @@ def test_out_vcf_keeps_every_record_whole_sorted_indexed_and_equal_to_the_parque
         table_records = [(r.chrom, r.pos, r.id, dict(zip(r.alts, r.info.get("RM_LLR") or [None] * 3))) for r in vf]
     # (a table's ALTs of one site come in sorted order)
     assert table_records == [(r.chrom, r.pos, r.id, dict(zip(r.alts, r.info.get("RM_LLR") or [None] * 3))) for r in got]
+    # Past DRIVER_ROWS the sort goes through Ray Data: the same rows in the same order, from shuffled files.
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    table = pq.read_table(out)
+    order = np.random.default_rng(0).permutation(len(table))
+    for i, part in enumerate(np.array_split(order, 3)):
+        pq.write_table(table.take(part), shuffled / f"part{i}.parquet")
+    assert sort_out(str(shuffled), ["pos", "id", "ref", "alt"], list(contigs), log=QUIET, driver_rows=0) == len(table)
+    assert pq.read_table(shuffled).to_pylist() == rows and len(list(shuffled.glob("*.parquet"))) == 1
     # An unsorted VCF without an index: the scores are written, the VCF refused in one line.
     (tmp_path / "unsorted.vcf").write_text(header + "".join(
         f"{c}\t{p}\t{i}\t{r}\t{a}\t50\tPASS\tDP=1\tGT\t0/1\n" for c, p, i, r, a in reversed(records)))

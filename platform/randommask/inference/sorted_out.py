@@ -3,7 +3,8 @@ have after, by name), position, then id, REF and ALT, so that reading the folder
 gives the rows sorted, as a VCF is.
 
 Ray Data sorts (a distributed sort: the driver holds one batch at a time) and the driver writes the
-sorted stream to ``_sorting/`` in files of at most ``ROWS_PER_FILE`` rows. The swap is two-phase, so
+sorted stream to ``_sorting/`` in files of at most ``ROWS_PER_FILE`` rows. Up to ``DRIVER_ROWS``
+rows the driver sorts them itself: there a Ray Data sort's fixed cost (seconds) is most of the work. The swap is two-phase, so
 a crash at any point loses no row and duplicates none: ``_sorting/_swap.json`` (the files to remove
 and the parts to move in) is written last; whoever finds it finishes the swap (:func:`recover`, at
 the start of every run), and ``_sorting/`` without it is a sort that never finished and is dropped.
@@ -25,6 +26,7 @@ SORTING = "_sorting"
 SWAP = "_swap.json"
 SORTED = "_sorted.json"
 ROWS_PER_FILE = 1_000_000
+DRIVER_ROWS = 200_000  # about 30 MB of score rows in the driver
 RANK = "_contig_rank"
 
 
@@ -85,13 +87,11 @@ def is_sorted(out: str, storage_options: dict | None = None) -> bool:
 
 
 def sort_out(out: str, keys: list[str], fasta_contigs: list[str], prov: dict[str, Any] | None = None,
-             storage_options: dict | None = None, log: Callable[[str], None] = print) -> int:
-    """Rewrite OUT sorted by contig rank, then ``keys``; returns the rows written (0 when OUT was
-    already sorted or is empty)."""
+             storage_options: dict | None = None, log: Callable[[str], None] = print,
+             driver_rows: int = DRIVER_ROWS) -> int:
+    """Rewrite OUT sorted by contig rank, then ``keys`` (in the driver up to ``driver_rows`` rows, else
+    through Ray Data); returns the rows written (0 when OUT was already sorted or is empty)."""
     import pyarrow.parquet as pq
-    import ray
-
-    from randommask.common.ray_runtime import ensure_ray
 
     files = runtime.parquet_files(out, storage_options)
     if not files or is_sorted(out, storage_options):
@@ -102,17 +102,9 @@ def sort_out(out: str, keys: list[str], fasta_contigs: list[str], prov: dict[str
     if fs.exists(f"{path}/{SORTING}"):
         fs.rm(f"{path}/{SORTING}", recursive=True)
     fs.makedirs(f"{path}/{SORTING}", exist_ok=True)
-    ensure_ray()
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = True  # the sorted blocks reach the driver in order
-    _, read_fs = storage.ray_storage(out, storage_options)
-    ds = ray.data.read_parquet(files, filesystem=read_fs)
-    ds = ds.map_batches(_with_rank, fn_kwargs={"ranks": ranks}, batch_format="pyarrow").sort([RANK, *keys])
-    token, parts, rows, writer, in_file = secrets.token_hex(4), [], 0, None, 0
-    handle = None
+    token, parts, rows, writer, handle, in_file = secrets.token_hex(4), [], 0, None, None, 0
     try:
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=65536):
+        for batch in _sorted_batches(files, out, ranks, [RANK, *keys], storage_options, driver_rows):
             table = batch.drop_columns([RANK])
             table = prov_io.with_metadata(table, prov) if prov else table
             while table.num_rows:
@@ -127,7 +119,6 @@ def sort_out(out: str, keys: list[str], fasta_contigs: list[str], prov: dict[str
                 writer.write_table(take)
                 in_file, rows, table = in_file + take.num_rows, rows + take.num_rows, table.slice(take.num_rows)
     finally:
-        ctx.execution_options.preserve_order = False
         if writer is not None:
             writer.close()
             handle.close()
@@ -137,3 +128,37 @@ def sort_out(out: str, keys: list[str], fasta_contigs: list[str], prov: dict[str
     _swap(fs, path, plan)
     log(f"sort     {rows} row(s) of {out} in genome order: {len(files)} file(s) -> {len(parts)}")
     return rows
+
+
+def _sorted_batches(files: list[str], out: str, ranks: dict[str, int], keys: list[str],
+                    storage_options: dict | None, driver_rows: int):
+    """OUT's rows with their contig rank, sorted by ``keys``, as Arrow tables in order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from randommask.common.ray_runtime import ensure_ray
+
+    fs, _ = storage.filesystem(out, storage_options)
+    rows = 0
+    for name in files:
+        with fs.open(name, "rb") as f:
+            rows += pq.ParquetFile(f).metadata.num_rows
+    if rows <= driver_rows:
+        tables = []
+        for name in files:
+            with fs.open(name, "rb") as f:
+                tables.append(pq.read_table(f).replace_schema_metadata(None))
+        yield _with_rank(pa.concat_tables(tables), ranks).sort_by([(k, "ascending") for k in keys])
+        return
+    ensure_ray()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.execution_options.preserve_order = True  # the sorted blocks reach the driver in order
+    try:
+        _, read_fs = storage.ray_storage(out, storage_options)
+        ds = ray.data.read_parquet(files, filesystem=read_fs)
+        ds = ds.map_batches(_with_rank, fn_kwargs={"ranks": ranks}, batch_format="pyarrow").sort(keys)
+        yield from ds.iter_batches(batch_format="pyarrow", batch_size=65536)
+    finally:
+        ctx.execution_options.preserve_order = False
