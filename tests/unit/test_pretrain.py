@@ -49,3 +49,5 @@ def test_resume_conflicts_name_training_settings_only():
     assert resume_conflicts(const, {**const, "optim": {**const["optim"], "max_steps": 200}}) == []
     other = {**base, "masking": {"strategy": "randommask"}, "data": {**base["data"], "k": 3}}
     assert resume_conflicts(base, other) == ["data.k: 6 -> 3", "masking.strategy: 'span' -> 'randommask'"]
+    newer = {**base, "optim": {**base["optim"], "grad_clip": 1.0}}  # a setting the saved run's version lacked
+    assert resume_conflicts(base, newer) == []

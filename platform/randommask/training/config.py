@@ -241,9 +241,10 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def resume_conflicts(saved: dict, current: dict) -> list[str]:
     """The training settings in which a checkpoint's config (``saved``) and this one differ, as
     ``key: saved -> current``. ``optim.max_steps`` may grow or shrink under a constant learning rate,
-    where the schedule does not depend on it."""
+    where the schedule does not depend on it. Keys on one side only (a run started by another
+    version of randommask, which had fewer or other settings) are not compared."""
     a, b = flatten(saved), flatten(current)
     if a.get("optim.decay") == b.get("optim.decay") == "constant":
         a.pop("optim.max_steps", None), b.pop("optim.max_steps", None)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if not k.startswith(RESUME_MAY_DIFFER) and a.get(k) != b.get(k)]
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b))
+            if not k.startswith(RESUME_MAY_DIFFER) and a[k] != b[k]]
