@@ -1,5 +1,6 @@
-"""The sorted output's parts that need no Ray: contig order, and the two-phase swap a crash can
-interrupt at any point (the sort itself runs in tests/integration/test_inference.py)."""
+"""The sorted output's parts that need no Ray: contig order, the two-phase swap a crash can
+interrupt at any point (the sort itself runs in tests/integration/test_inference.py), and the
+annotated VCF's header over an input that an earlier run already annotated."""
 
 from __future__ import annotations
 
@@ -42,3 +43,19 @@ def test_a_swap_interrupted_after_its_commit_point_is_finished_and_one_before_it
     assert pq.read_table(out).column("pos").to_pylist() == [1, 3, 5] and said and is_sorted(str(out))
     _part(out / "c.parquet", [7])  # a rerun added rows: no longer the last sort's parts
     assert not is_sorted(str(out))
+
+
+def test_an_annotated_vcf_annotated_again_has_each_of_our_header_lines_once():
+    import pysam
+
+    from randommask.inference.vcf_out import _header
+
+    base = pysam.VariantHeader()
+    base.info.add("DP", "1", "Integer", "depth")
+    base.formats.add("GT", "1", "String", "genotype")
+    base.add_sample("s1")
+    prov = {"checkpoint": "/old", "weights_sha256": "0" * 64, "settings": {"window_bp": 63}, "randommask": "x"}
+    once = _header(pysam, base, prov, ["c1"], {"c1": 100}, {})
+    twice = str(_header(pysam, once, {**prov, "checkpoint": "/new"}, ["c1"], {"c1": 100}, {}))
+    assert twice.count("ID=RM_LLR,") == 1 and twice.count("##randommask_checkpoint=") == 1
+    assert "##randommask_checkpoint=/new" in twice and "ID=DP," in twice and twice.rstrip().endswith("\ts1")

@@ -52,7 +52,14 @@ def sorted_groups(out: str, storage_options: dict | None = None) -> Iterator[tup
 
 def _header(pysam, base, prov: dict[str, Any], contigs: list[str], lengths: dict[str, int],
             aliases: dict[str, str]):
-    hdr = base if base is not None else pysam.VariantHeader()
+    hdr = pysam.VariantHeader()
+    if base is not None:  # the input's header, less what an earlier run of ours added (replaced below)
+        for rec in base.records:
+            ours = rec.type == "INFO" and str(rec.get("ID", "")).startswith("RM_")
+            if not ours and not rec.key.startswith("randommask_"):
+                hdr.add_record(rec)
+        for sample in base.samples:
+            hdr.add_sample(sample)
     for c in contigs:
         if c not in hdr.contigs:
             n = lengths.get(aliases.get(c, c))
