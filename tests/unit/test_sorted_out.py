@@ -48,14 +48,14 @@ def test_a_swap_interrupted_after_its_commit_point_is_finished_and_one_before_it
 def test_an_annotated_vcf_annotated_again_has_each_of_our_header_lines_once():
     import pysam
 
-    from randommask.inference.vcf_out import _header
+    from randommask.inference.vcf_out import vcf_header
 
     base = pysam.VariantHeader()
     base.info.add("DP", "1", "Integer", "depth")
     base.formats.add("GT", "1", "String", "genotype")
     base.add_sample("s1")
     prov = {"checkpoint": "/old", "weights_sha256": "0" * 64, "settings": {"window_bp": 63}, "randommask": "x"}
-    once = _header(pysam, base, prov, ["c1"], {"c1": 100}, {})
-    twice = str(_header(pysam, once, {**prov, "checkpoint": "/new"}, ["c1"], {"c1": 100}, {}))
+    once = vcf_header(pysam, base, prov, ["c1"], {"c1": 100}, {})
+    twice = str(vcf_header(pysam, once, {**prov, "checkpoint": "/new"}, ["c1"], {"c1": 100}, {}))
     assert twice.count("ID=RM_LLR,") == 1 and twice.count("##randommask_checkpoint=") == 1
     assert "##randommask_checkpoint=/new" in twice and "ID=DP," in twice and twice.rstrip().endswith("\ts1")

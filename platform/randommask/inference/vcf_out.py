@@ -50,8 +50,10 @@ def sorted_groups(out: str, storage_options: dict | None = None) -> Iterator[tup
         yield key[0], key[1], group
 
 
-def _header(pysam, base, prov: dict[str, Any], contigs: list[str], lengths: dict[str, int],
-            aliases: dict[str, str]):
+def vcf_header(pysam, base, prov: dict[str, Any], contigs: list[str], lengths: dict[str, int],
+               aliases: dict[str, str]):
+    """The output's header: the input's (``base``; None for a table), our INFO fields and provenance
+    lines, and a ``##contig`` line for each contig it lacks."""
     hdr = pysam.VariantHeader()
     if base is not None:  # the input's header, less what an earlier run of ours added (replaced below)
         for rec in base.records:
@@ -130,7 +132,7 @@ def write_vcf(out: str, out_vcf: str, prov: dict[str, Any], lengths: dict[str, i
     if plan is not None:
         with pysam.VariantFile(plan.path) as vf:
             base = vf.header.copy()
-    hdr = _header(pysam, base, prov, contigs, lengths, aliases)
+    hdr = vcf_header(pysam, base, prov, contigs, lengths, aliases)
     records = alts = 0
     with tempfile.TemporaryDirectory() as d:
         tmp = os.path.join(d, "out.vcf.gz")
