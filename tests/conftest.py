@@ -57,6 +57,30 @@ def jsonl(path: str | Path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text().splitlines()]
 
 
+def step_at(lines: list[dict], t: float) -> float:
+    """The step a run was at, at wall-clock time ``t``, from its metrics lines (step, time): interpolated
+    between two lines, or extrapolated at the pace of the last ones."""
+    for a, b in zip(lines, lines[1:]):
+        if a["time"] <= t < b["time"]:
+            return a["step"] + (t - a["time"]) / (b["time"] - a["time"]) * (b["step"] - a["step"])
+    a, b = lines[max(0, len(lines) - 4)], lines[-1]
+    pace = (b["step"] - a["step"]) / (b["time"] - a["time"]) if b["time"] > a["time"] else 0.0
+    return b["step"] + max(0.0, t - b["time"]) * pace
+
+
+def fault_figures(what: str, lines: list[dict], fault_at: float, resume: dict) -> str:
+    """One line for the failure table (docs/pretraining.md): the steps a fault cost and the seconds from
+    the fault to training again. ``lines`` are the run's final metrics lines (those up to the resumed
+    step are the first attempt's), ``resume`` its resume event."""
+    before = [x for x in lines if x["step"] <= resume["step"]]
+    at = step_at(before, fault_at)
+    line = (f"{what}: at about step {at:.0f}, resumed from step {resume['step']} (about "
+            f"{max(0.0, at - resume['step']):.0f} steps lost), {resume['time'] - fault_at:.0f} s from the fault "
+            "to training again")
+    print("\nFAULT " + line)
+    return line
+
+
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """``python -m randommask ARGS`` in a fresh process, its output captured as text."""
     return subprocess.run([sys.executable, "-m", "randommask", *map(str, args)], capture_output=True, text=True,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import jsonl, load_tiny
+from conftest import fault_figures, jsonl, load_tiny
 from randommask.training.driver import pretrain
 from randommask.training.masking import make_masker
 
@@ -228,6 +228,7 @@ def test_survives_a_killed_worker_of_two_and_resumes_from_its_checkpoint(prepare
     assert registered(), "no checkpoint appeared"
     pids = _train_worker_pids()
     assert len(pids) == 2
+    killed_at = time.time()
     os.kill(pids[1], signal.SIGKILL)
     thread.join(timeout=500)
     assert result["summary"]["finished"] and result["summary"]["step"] == 60
@@ -236,6 +237,7 @@ def test_survives_a_killed_worker_of_two_and_resumes_from_its_checkpoint(prepare
     assert events[-1]["step"] >= 20 and events[-1]["step"] % 20 == 0 and events[-1]["workers"] == 2
     m = jsonl(run / "metrics.jsonl")
     assert [x["step"] for x in m] == list(range(5, 61, 5))  # each step once: history restored, not replayed
+    fault_figures("Train worker process killed (1 of 2)", m, killed_at, events[-1])
     masker = make_masker(cfg.masking.strategy, cfg.data.k, **cfg.masking.params())
     for x in m:
         assert x["span_max"] == masker.span_bounds(x["step"] - 1)[1]

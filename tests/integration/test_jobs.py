@@ -3,95 +3,23 @@ writing the local S3 server, Prometheus scrapes during the run, and the model lo
 
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, jsonl
+from conftest import REPO, fault_figures, jsonl
 from randommask.data.prepare import prepare
 from randommask.tools.s3server import free_port
 from randommask.training.masking import make_masker
+from raycluster import BIN, RayHead, http_get
 
 pytestmark = pytest.mark.ray
-BIN = Path(sys.executable).parent
-
-
-def http_get(url: str, headers: dict | None = None) -> tuple[int, str]:
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, ""
-    except OSError:
-        return 0, ""
 
 
 def gauge(text: str, name: str) -> float | None:
     m = re.search(rf"^{name}\{{[^}}]*\}} ([0-9.eE+-]+)$", text, re.M)
     return float(m.group(1)) if m else None
-
-
-class RayHead:
-    """A real Ray head started with `ray start --head --block`, token auth on, in its own session."""
-
-    def __init__(self, home: Path, log: Path) -> None:
-        home.mkdir(exist_ok=True)
-        self.env = {**os.environ, "HOME": str(home), "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
-                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-        self.env.pop("RAY_ADDRESS", None)
-        if not (home / ".ray" / "auth_token").exists():
-            token = subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=self.env, capture_output=True,
-                                   text=True, timeout=60)
-            assert token.returncode == 0, token.stderr
-        # Ray refuses to start when a component's port lies in the worker range (a ~3% chance when both are
-        # drawn at random): draw the range first, then ports outside it, all distinct.
-        worker_lo = free_port() // 100 * 100 % 50000 + 10000
-        ports: dict[str, int] = {}
-        for name in ("gcs", "dash", "metrics", "client", "agent", "agent_grpc", "rt_env", "node", "object"):
-            port = free_port()
-            while worker_lo <= port < worker_lo + 100 or port in ports.values():
-                port = free_port()
-            ports[name] = port
-        self.gcs_port, self.metrics_port = ports["gcs"], ports["metrics"]
-        self.proc = subprocess.Popen(
-            [BIN / "ray", "start", "--head", "--block", f"--port={ports['gcs']}", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={ports['dash']}", f"--metrics-export-port={ports['metrics']}",
-             f"--ray-client-server-port={ports['client']}", f"--dashboard-agent-listen-port={ports['agent']}",
-             f"--dashboard-agent-grpc-port={ports['agent_grpc']}", f"--runtime-env-agent-port={ports['rt_env']}",
-             f"--node-manager-port={ports['node']}", f"--object-manager-port={ports['object']}",
-             f"--min-worker-port={worker_lo}", f"--max-worker-port={worker_lo + 99}",
-             "--num-cpus=2", "--disable-usage-stats"],
-            env=self.env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        self.address = f"http://127.0.0.1:{ports['dash']}"
-        deadline = time.monotonic() + 120
-        while http_get(f"{self.address}/api/version")[0] not in (200, 401):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"the Ray head did not come up: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-
-    def stop(self, lose: bool = False) -> None:
-        """SIGTERM to its PID (never `ray stop`: it kills every Ray process on the host), or, to lose
-        the head as a deleted pod does, SIGKILL to its whole process group."""
-        if lose:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        else:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        # `ray start` records its address for later "auto" lookups; a stopped head must not stay there.
-        current = Path("/tmp/ray/ray_current_cluster")
-        if current.exists() and current.read_text().strip().endswith(f":{self.gcs_port}"):
-            current.unlink()
 
 
 @pytest.fixture
@@ -197,6 +125,7 @@ def test_a_retried_job_on_a_new_head_resumes_from_the_checkpoint_on_s3(s3, ray_l
             time.sleep(0.3)
         assert snapshot.exists() and "step_00000040" in snapshot.read_text(), "no registered checkpoint on S3"
     finally:
+        lost_at = time.time()
         first.stop(lose=True)  # the head pod is gone, with its GCS, its driver and its workers
     assert not (run / "final").exists()
 
@@ -212,4 +141,6 @@ def test_a_retried_job_on_a_new_head_resumes_from_the_checkpoint_on_s3(s3, ray_l
     assert f"resumed from step {events[-1]['step']}" in res.stdout
     metrics = jsonl(run / "metrics.jsonl")
     assert [x["step"] for x in metrics] == list(range(5, 81, 5))  # each step once, none replayed from 0
+    # the seconds include starting a new head and submitting again, as KubeRay's retry does
+    fault_figures("head lost (its process group SIGKILLed), job resubmitted", metrics, lost_at, events[-1])
     assert (run / "final" / "model.safetensors").exists()

@@ -44,6 +44,27 @@ def test_reads_and_writes_wait_out_an_outage(server, monkeypatch):
         restart.join()
 
 
+def test_ray_trains_object_writes_wait_out_an_outage(server, monkeypatch):
+    """Ray Train's workers and controller write through ``open_output_stream`` (an s3fs S3File), a
+    path of its own: each object goes up when the stream closes."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    path, pyfs = storage.ray_storage("s3://b/ray-run")
+    server.stop()
+    restart = threading.Timer(5.0, server.start)
+    restart.start()
+    try:
+        t0 = time.monotonic()
+        with pyfs.open_output_stream(f"{path}/checkpoint_manager_snapshot.json") as f:
+            f.write(b'{"snapshot": 1}')
+        assert time.monotonic() - t0 >= 4.0  # it waited for the server
+        with pyfs.open_input_stream(f"{path}/checkpoint_manager_snapshot.json") as f:
+            assert f.read() == b'{"snapshot": 1}'
+    finally:
+        restart.join()
+
+
 def test_permanent_errors_fail_at_once_in_one_line(server):
     opts = server.options()
     fs, _ = storage.filesystem("s3://b", opts)

@@ -15,6 +15,11 @@ from conftest import TINY_CONFIG, run_cli, run_main
     (["data.window_bp=2000"], "more than the model's 512 positions"),
     (["data.storage_options={secret: x}"], "credentials never go in a config"),
     (["optim.lr"], "expected key=value"),
+    (["scaling.resources_per_worker={GPU: 1}"], "GPU is set by scaling.gpus_per_worker"),
+    (["scaling.resources_per_worker={'spot node': 1}"], "resource name 'spot node'"),
+    (["scaling.resources_per_worker={trainer: -1}"], "resource trainer: amount -1.0 must be a finite number >= 0"),
+    (["scaling.resources_per_worker={trainer: .inf}"], "must be a finite number"),
+    (["scaling.resources_per_worker=[trainer]"], "scaling.resources_per_worker: Input should be a valid dictionary"),
 ])
 def test_bad_config_is_one_line_and_starts_nothing(tmp_path, capsys, overrides, message):
     args = ["pretrain", "--config", TINY_CONFIG, "--set", f"run.storage_path={tmp_path / 'runs'}"]

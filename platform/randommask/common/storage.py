@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import fsspec
+import fsspec.asyn
 import s3fs
 
 from randommask.errors import UserError
@@ -149,6 +150,11 @@ class MarkerlessS3FileSystem(s3fs.S3FileSystem):
     async def _call_s3(self, method, *akwarglist, **kwargs):
         parent = super()._call_s3
         return await _retrying(lambda: parent(method, *akwarglist, **kwargs), f"S3 {method}", self._window())
+
+    # s3fs binds its sync ``call_s3`` to the base class's coroutine, and every S3File (each object
+    # written through ``open(..., "wb")``: Ray Train's checkpoint uploads and its controller's
+    # snapshot) calls that one, so without this rebinding those writes would not retry.
+    call_s3 = fsspec.asyn.sync_wrapper(_call_s3)
 
     async def _cat_file(self, path, version_id=None, start=None, end=None, **kwargs):
         # The body of a GET can break after its headers arrived: retry the whole ranged read.

@@ -82,6 +82,26 @@ class ScalingSection(Section):
     torch_threads: Optional[int] = Field(None, ge=1, description="torch threads per worker; default: Ray's, one per "
                                          "CPU the worker reserves. More than that shares cores with the data tasks "
                                          "(the CPU demo gives its one worker both cores)")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources each worker requests besides its CPUs and GPUs, "
+        "e.g. {trainer: 1}: give the nodes that may train a custom resource (ray start --resources) and workers "
+        "go only there, never to the head or CPU-only nodes")
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _resource_names(cls, v: dict[str, float]) -> dict[str, float]:
+        import math
+        import re
+
+        for name, amount in v.items():
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"{name} is set by scaling.{name.lower()}s_per_worker; list only other resources")
+            if not re.fullmatch(r"[A-Za-z0-9_.:/-]+", name):
+                raise ValueError(f"resource name {name!r}: use letters, digits and _ . : / - (as in ray start "
+                                 "--resources)")
+            if not math.isfinite(amount) or amount < 0:
+                raise ValueError(f"resource {name}: amount {amount} must be a finite number >= 0")
+        return v
 
 
 class RunSection(Section):

@@ -94,6 +94,7 @@ def check_resume(cfg: PretrainConfig) -> None:
 def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     """Run (or resume, when the run's name already has checkpoints) a pretraining; returns a summary.
     ``callbacks`` are Ray Train ``UserCallback``s (a sweep passes Tune's report callback)."""
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -111,8 +112,12 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
     floors = run_floors(cfg)
     cfg.run_dir().write_floors(floors)
     ensure_ray()
+    missing = sorted(set(cfg.scaling.resources_per_worker) - set(ray.cluster_resources()))
+    if missing:  # an autoscaler may still add such nodes: say why the workers wait, do not fail
+        print(f"[{cfg.run.name}] warning: no node has resource(s) {', '.join(missing)} "
+              "(scaling.resources_per_worker); the workers wait until one joins", flush=True)
     storage_path, storage_fs = storage.ray_storage(cfg.run.storage_path)
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    resources = {**cfg.scaling.resources_per_worker, "CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = cfg.scaling.gpus_per_worker
     trainer = TorchTrainer(

@@ -25,6 +25,7 @@ from randommask.training.checkpointer import Checkpointer, TrainState
 from randommask.training.config import PretrainConfig, dump_config
 from randommask.training.metrics import MetricsProcessor
 from randommask.training.model import SparseMLM, build_mlm
+from randommask.training.preemption import PreemptionGuard
 from randommask.training.step import build_optimizer, step_seed, train_step
 from randommask.training.validation import Validator
 
@@ -63,6 +64,7 @@ class Worker:
         self.metrics = MetricsProcessor(cfg.run.name, rank, world, device, self.state, observability=cfg.observability,
                                         floors=floors, max_steps=cfg.optim.max_steps, **self._mfu_inputs())
         self.floors = floors
+        self.preemption = PreemptionGuard(self.run_dir, cfg.run.name, rank)
 
     def _build_model(self):
         cfg = self.cfg
@@ -103,11 +105,12 @@ class Worker:
             log_now = state.step % cfg.run.log_every == 0 or last
             eval_now = self.validator.due(state.step, last)
             ckpt_now = self.checkpointer.due(state.step, last)
-            if not (log_now or eval_now or ckpt_now):
+            noticed = self.preemption.check(state.step) and not last  # a drain notice: checkpoint now
+            if not (log_now or eval_now or ckpt_now or noticed):
                 continue
             line, overdue = self.metrics.collect(state.step, state.position["epoch"],
                                                  self.masker.span_bounds(state.step - 1), self.checkpointer.overdue())
-            ckpt_now = ckpt_now or overdue
+            ckpt_now = ckpt_now or overdue or noticed
             if eval_now:
                 line.update(self.validator.evaluate(self.mlm))
             report = self.metrics.publish(line, full=ckpt_now or eval_now, param_checksum=self.param_checksum)
@@ -118,6 +121,8 @@ class Worker:
                 ray.train.report(report)  # intermediate metrics for Tune / the controller
                 if self.rank == 0:  # a run stopped from outside (e.g. by ASHA) keeps its curve
                     self.run_dir.write_metrics(state.history)
+            if noticed:
+                self.preemption.wait()  # Ray Train restarts the run elsewhere from this checkpoint
         if self.rank == 0 and state.step >= cfg.optim.max_steps:
             self._write_final()
         self.metrics.close()
@@ -154,8 +159,11 @@ class Worker:
     def _record_start(self) -> None:
         s = self.state
         kind = "resume" if self.resumed_from is not None else "start"
+        import ray
+
         self.run_dir.append_event({"event": kind, "step": s.step, "epoch": s.position["epoch"],
                                    "sample": s.position["sample"], "workers": self.world,
+                                   "node": ray.get_runtime_context().get_node_id(),
                                    "torch_threads": torch.get_num_threads(), "time": round(time.time(), 1)})
         self.run_dir.write_config(dump_config(self.cfg))
         if kind == "resume":
@@ -193,7 +201,10 @@ def restart_backoff(cfg: PretrainConfig, launched: float | None) -> float:
         events = cfg.run_dir().read_events()
     except UserError:
         events = []  # storage still down: the first read below retries it anyway
-    restarts = sum(1 for e in events if e.get("time", 0) >= launched)
+    starts = [e for e in events if e.get("time", 0) >= launched and e.get("event") in ("start", "resume")]
+    if events and events[-1].get("event") == "preemption":
+        return 0.0  # the drained node is gone and the checkpoint is fresh: nothing to wait out
+    restarts = len(starts)
     delay = restart_delay(restarts, cfg.run.restart_backoff_s)
     if delay:
         print(f"[{cfg.run.name}] restart {restarts} of this job: waiting {delay:.0f} s before resuming", flush=True)
