@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_SERVER_VERSION := 3.17.2
 GENOME ?= ../shared/data/genomes/ecoli_536.fna.gz
 PYTEST_ARGS ?=
 
@@ -17,6 +19,10 @@ $(STAMP): pyproject.toml cluster/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c cluster/constraints.txt -e '.[dev]'
+	@# The tests' MLflow tracking server is a service of its own, as it is where teams host it: its own
+	@# environment (its pins would clash with Ray's pyarrow); the package itself needs only the client.
+	test -x $(MLFLOW_VENV)/bin/mlflow || { $(PYTHON) -m venv $(MLFLOW_VENV) && \
+	  $(MLFLOW_VENV)/bin/pip install --quiet "mlflow==$(MLFLOW_SERVER_VERSION)"; }
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -52,4 +58,4 @@ gpu-check: $(STAMP)
 	PYTHONPATH=platform $(PY) -m randommask.tools.gpu_check
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info platform/*.egg-info
+	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache build *.egg-info platform/*.egg-info

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from randommask.tools.mlflow_server import local_mlflow
 from randommask.tools.s3server import local_s3
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,10 +31,11 @@ GUE_DIR = SHARED / "data" / "gue"
 GUE_BASELINES = SHARED / "data" / "gue-published-baselines.csv"  # the published scores (finetune --baselines)
 TINY_CONFIG = REPO / "jobs" / "configs" / "pretrain-tiny.yaml"  # the tiny test config
 UNIT = Path(__file__).resolve().parent / "unit"
+MLFLOW_SERVER = REPO / ".venv-mlflow" / "bin" / "mlflow"  # the tracking server's own environment (Makefile)
 
 S3_KEY, S3_SECRET = "randommask-test-key", "randommask-test-secret"
 # What the unit tier must not start: a Ray cluster, an S3 server, or anything built on them.
-SERVER_FIXTURES = {"s3", "ray_local", "prepared", "tiny_run"}
+SERVER_FIXTURES = {"s3", "ray_local", "prepared", "tiny_run", "mlflow"}
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
@@ -177,6 +179,25 @@ def s3(tmp_path_factory):
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def mlflow(tmp_path_factory):
+    """A real MLflow tracking server (``mlflow server``, SQLite backend) on a free loopback port,
+    shared by the tracking tests; each test finds its own runs by their keys."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with local_mlflow(root, log=root / "server.log", executable=str(MLFLOW_SERVER)) as server:
+        yield server
+
+
+def mlflow_runs(uri: str, key: str | None = None, parent: str | None = None) -> tuple[object, list]:
+    """(client, runs) of the ``randommask`` experiment: the run keyed ``key``, or the children of ``parent``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("randommask")
+    where = f"tags.`randommask.key` = '{key}'" if key else f"tags.`mlflow.parentRunId` = '{parent}'"
+    return client, client.search_runs([exp.experiment_id], filter_string=where)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import GUE_BASELINES, run_cli
+from conftest import GUE_BASELINES, mlflow_runs, run_cli
 from randommask.common import storage
 from randommask.common.checkpoints import node_checkpoint
 from randommask.errors import UserError
@@ -19,12 +19,14 @@ from randommask.training.model import build_mlm
 
 
 @pytest.mark.ray
-def test_finetune_through_tune_two_at_once_with_results_and_resume(ray_local, gue_dir, tiny_checkpoint, tmp_path):
+def test_finetune_through_tune_two_at_once_with_results_and_resume(ray_local, gue_dir, tiny_checkpoint, tmp_path,
+                                                                   mlflow):
     out = tmp_path / "ft"
     logs = []
     # the published protocol on subsampled data: prom_core_tata 10 epochs of 7 steps, tf/2 3 epochs
     r = finetune(str(tiny_checkpoint), str(gue_dir), "tf/2,prom/prom_core_tata", str(out), seeds=2, max_train=200,
-                 max_eval=100, cpus_per_trial=1, baselines=str(GUE_BASELINES), log=logs.append)
+                 max_eval=100, cpus_per_trial=1, baselines=str(GUE_BASELINES), log=logs.append,
+                 mlflow_uri=mlflow.uri)
     assert "4 to run" in logs[0]
     assert r["protocol"] == "published" and r["selection"] == "dev_loss@eval_steps" and r["precision"] == "fp32"
     assert "subsampled" in r["not_comparable"]
@@ -54,10 +56,24 @@ def test_finetune_through_tune_two_at_once_with_results_and_resume(ray_local, gu
     # A rerun skips the finished (dataset, seed) pairs and only runs the new seed.
     before = {p.name: p.stat().st_mtime for p in (out / "trials").iterdir()}
     logs.clear()
+    client, parents = mlflow_runs(mlflow.uri, key=str(out))  # MLflow: a parent, one child per trial
+    assert len(parents) == 1 and "results.md" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert parents[0].data.metrics["prom/prom_core_tata_mcc_mean"] == pytest.approx(tata["score_mean"])
+    _, children = mlflow_runs(mlflow.uri, parent=parents[0].info.run_id)
+    by_name = {c.info.run_name: c for c in children}
+    assert sorted(by_name) == ["prom/prom_core_tata-s0", "prom/prom_core_tata-s1", "tf/2-s0", "tf/2-s1"]
+    for t in trials:
+        c = by_name[f"{t['dataset']}-s{t['seed']}"]
+        assert c.data.params["protocol"] == "published" and c.data.params["hp.lr"] == str(t["hyperparameters"]["lr"])
+        assert c.data.metrics["test_mcc"] == pytest.approx(t["test"]["mcc"])
+        assert len(client.get_metric_history(c.info.run_id, "dev_loss")) == t["ran"]["evaluations"]
     r2 = finetune(str(tiny_checkpoint), str(gue_dir), "tf/2,prom/prom_core_tata", str(out), seeds=3, max_train=200,
-                  max_eval=100, log=logs.append)
+                  max_eval=100, log=logs.append, mlflow_uri=mlflow.uri)
     assert "4 already finished, 2 to run" in logs[0]
     assert all((out / "trials" / n).stat().st_mtime == m for n, m in before.items())
+    _, children = mlflow_runs(mlflow.uri, parent=parents[0].info.run_id)  # the new seed's two, the rest as they were
+    assert len(children) == 6
+    assert all(len(client.get_metric_history(c.info.run_id, "test_mcc")) == 1 for c in children)
     assert all(row["seeds_ok"] == 3 for row in r2["datasets"])
     # ...but never mixes in trials run with other settings or another protocol
     common = dict(seeds=3, max_train=200, max_eval=100)

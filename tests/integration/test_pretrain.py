@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from conftest import REPO, jsonl, load_tiny
+from randommask.data.prepare import read_manifest
 from randommask.errors import UserError
 from randommask.training.config import load_config
 from randommask.training.driver import pretrain
@@ -50,6 +51,57 @@ def test_tiny_run_writes_metrics_floors_and_a_loadable_model(tiny_run):
     assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "secret" not in (run / "config.yaml").read_text().lower()
     assert [e["event"] for e in jsonl(run / "events.jsonl")] == ["start"]
+
+
+def test_the_final_model_has_a_hugging_face_model_card_with_its_figures(tiny_run):
+    from huggingface_hub import ModelCard
+    from transformers import pipeline
+
+    run, summary, cfg = tiny_run
+    card = ModelCard.load(run / "final" / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "fill-mask"
+    assert card.data.license == "other" and "randommask" in card.data.tags
+    meta = card.data.to_dict()["randommask"]
+    assert meta["steps"] == 150 and meta["tokens"] == summary["tokens"] and meta["masking"] == "randommask"
+    manifest = read_manifest(cfg.data.prepared)
+    assert meta["data_sha256"] == [s["sha256"] for s in manifest["sources"]]
+    text = card.text
+    floors, last = summary["floors"], jsonl(run / "metrics.jsonl")[-1]
+    # the final evaluation beside its floors and references, as the run logged them
+    for v in (last["eval_span_k_mask_loss"], last["eval_span_2k_mask_loss"], last["eval_span_k_base_loss"],
+              floors["context_free"], floors["overlap_only_span_k"], min(floors["base_table"].values())):
+        assert f"{v:.3f}" in text
+    assert manifest["sources"][0]["sha256"] in text and "AutoModelForMaskedLM" in text
+    assert "| 121–150 | 6–14 tokens |" in text  # the last RandomMask phase of the tiny config
+    # the card is the directory's README: transformers still loads the model beside it
+    fill = pipeline("fill-mask", model=str(run / "final"), tokenizer=str(run / "final"))
+    assert len(fill("AAAAAA [MASK] AAAAAA")) == 5
+
+
+def test_pretraining_continues_from_a_checkpoint_on_s3_and_its_card_records_the_lineage(tiny_run, s3, tmp_path):
+    import torch
+    from huggingface_hub import ModelCard
+    from transformers import BertForMaskedLM
+
+    from randommask.common.checkpoints import weights_digest
+
+    run, _, cfg = tiny_run
+    shutil.copytree(run / "final", s3.bucket("models") / "tiny-final")  # rclone serves the folder as objects
+    uri = "s3://models/tiny-final"
+    # A learning rate of 1e-9 leaves the weights where they started: the run must start from the S3 ones.
+    cont = load_tiny(cfg.data.prepared, tmp_path, "continued", f"model.init_from={uri}", "optim.lr=1e-9",
+                     "optim.max_steps=10", "masking.phase_ends=[2,4,6,8,10]")
+    assert pretrain(cont)["finished"]
+    start = BertForMaskedLM.from_pretrained(run / "final").state_dict()
+    end = BertForMaskedLM.from_pretrained(tmp_path / "continued" / "final").state_dict()
+    assert all(torch.allclose(start[k], end[k], atol=1e-5) for k in start)
+    meta = ModelCard.load(tmp_path / "continued" / "final" / "README.md").data.to_dict()["randommask"]
+    assert meta["init_from"] == uri
+    assert meta["lineage"]["weights_sha256"] == weights_digest(str(run / "final"))
+    assert meta["lineage"]["parent"]["run"] == "outputs" and meta["lineage"]["parent"]["steps"] == 150
+    with pytest.raises(UserError, match=r"^model.init_from s3://models/none: no such checkpoint"):
+        pretrain(load_tiny(cfg.data.prepared, tmp_path, "missing", "model.init_from=s3://models/none"))
+    assert not (tmp_path / "missing").exists()
 
 
 def test_l0_sanity_the_k3_positive_control_learns_from_context(prepared, tmp_path):

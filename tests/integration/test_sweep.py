@@ -4,7 +4,7 @@ tests/unit/test_sweep.py)."""
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, mlflow_runs
 from randommask.sweep.driver import sweep
 from randommask.training.config import load_config
 
@@ -12,14 +12,14 @@ SWEEP = REPO / "jobs" / "configs" / "sweep-tiny.yaml"
 
 
 @pytest.mark.ray
-def test_sweep_of_three_tiny_trials_with_asha_on_s3(ray_local, prepared, gue_dir, s3):
+def test_sweep_of_three_tiny_trials_with_asha_on_s3(ray_local, prepared, gue_dir, s3, mlflow):
     """The KubeRay path: trials' runs and Tune's experiment state live on S3, so a rerun (a RayJob
     retry on a new cluster) restores the experiment from there."""
     s3.bucket("sweeps")
     overrides = ["storage_path=s3://sweeps/k8s",
                  f"set=[data.prepared={prepared},optim.max_steps=60,run.eval_every=20,run.checkpoint_every=60,"
                  "run.log_every=10,scaling.cpus_per_worker=0.5,observability.progress=false]"]
-    out = sweep(str(SWEEP), overrides, log=lambda *_: None)
+    out = sweep(str(SWEEP), overrides, log=lambda *_: None, mlflow_uri=mlflow.uri)
     rows = out["trials"]
     assert sorted(r["masking.strategy"] for r in rows) == ["bert", "randommask", "span"]
     assert all(r["status"] in ("done", "stopped") and r["steps"] >= 20 for r in rows)
@@ -37,6 +37,20 @@ def test_sweep_of_three_tiny_trials_with_asha_on_s3(ray_local, prepared, gue_dir
     assert (root / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (root / "trials.csv").read_text().count("\n") == 4
     assert len(list((root / "runs").glob("sweep-tiny-*/final/config.json"))) >= 1
+    # MLflow: the sweep a parent run, each trial's pretraining a child with its config and its curve
+    client, parents = mlflow_runs(mlflow.uri, key="s3://sweeps/k8s/sweep-tiny")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.tags["randommask.best_trial"] == str(best["trial"])
+    assert parent.data.metrics["best_eval_span_k_mask_loss"] == pytest.approx(best["eval_span_k_mask_loss"])
+    assert {"trials.csv", "best.yaml", "curves.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    _, children = mlflow_runs(mlflow.uri, parent=parent.info.run_id)
+    assert sorted(c.data.params["masking.strategy"] for c in children) == ["bert", "randommask", "span"]
+    for c in children:
+        run_dir = f"s3://sweeps/k8s/sweep-tiny/runs/{c.info.run_name}"
+        assert c.data.tags["randommask.key"] == run_dir
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "eval_span_k_mask_loss")]
+        assert steps and steps == sorted(set(steps))  # the curve, each evaluation once
 
     # Rerunning the same sweep resumes its Tune experiment instead of starting over. With a probe
     # objective, the finished trials best by the search metric are judged by the linear probe on

@@ -99,6 +99,10 @@ def _pretrain_and_report(cfg) -> None:
         print(f"stopped  at step {s['step']}; run the same command again to resume")
     print(f"metrics  {s['metrics']}")
     print(f"plot     {s['plot']}")
+    t = s.get("tracking")
+    if t:
+        missing = f"; {t['missing']} update(s) never reached it (the run directory has them)" if t["missing"] else ""
+        print(f"tracking MLflow run {t['run_id']} at {t['uri']}{missing}")
 
 
 def add_data(sub: argparse._SubParsersAction) -> None:
@@ -148,6 +152,8 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="a fraction shares a GPU between trials")
     p.add_argument("--baselines", help="CSV dataset,model,metric,value of published results to compare with")
+    p.add_argument("--mlflow-uri", help="log a parent run and one run per (dataset, seed) trial to this MLflow "
+                   "tracking server (default: MLFLOW_TRACKING_URI; none: no tracking)")
     p.add_argument("--out", required=True)
     add_storage_options(p)
 
@@ -159,7 +165,7 @@ def run_finetune(args: argparse.Namespace) -> None:
                  max_eval=args.max_eval, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  protocol=args.protocol, lora=args.lora,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, baselines=args.baselines,
-                 storage_options=storage_options_from(args))
+                 storage_options=storage_options_from(args), mlflow_uri=args.mlflow_uri)
     for row in r["datasets"]:
         score = f"{row['score_mean']:.4f} ± {row['score_std']:.4f}" if "score_mean" in row else "failed"
         rank = f"  rank {row['rank']}/{row['rank_of']}" if "rank" in row else ""
@@ -178,12 +184,14 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="Ray Tune over mask schedules and the pretraining config (resumes)")
     p.add_argument("--config", required=True, help="sweep YAML (see jobs/configs/sweep-tiny.yaml, docs/sweeps.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep field")
+    p.add_argument("--mlflow-uri", help="log the sweep and each trial to this MLflow tracking server "
+                   "(default: MLFLOW_TRACKING_URI; none: no tracking)")
 
 
 def run_sweep(args: argparse.Namespace) -> None:
     from randommask.sweep.driver import sweep
 
-    out = sweep(args.config, args.set)
+    out = sweep(args.config, args.set, mlflow_uri=args.mlflow_uri)
     for row in out["trials"]:
         params = " ".join(f"{k}={v}" for k, v in row.items() if "." in k)
         loss = f"{row['eval_span_k_mask_loss']:.4f}" if row.get("eval_span_k_mask_loss") is not None else "-"

@@ -5,7 +5,7 @@ uses on it (local or ``s3://``, each call taking ``storage_options``).
     step_XXXXXXXX/     Ray Train checkpoints: model/ (Hugging Face model + tokenizer) and trainer_state.pt
     final/             the trained model and tokenizer, a plain Hugging Face directory
     metrics.jsonl      one line per logged step (docs/pretraining.md lists the keys)
-    events.jsonl       start / resume events
+    events.jsonl       start / resume events (with the Ray node), preemption notices, MLflow outcomes
     floors.json        the context-free floor and overlap references the losses are read against
     config.yaml        the resolved config
     loss.png           loss curves with the span boundary

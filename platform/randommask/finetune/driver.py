@@ -10,6 +10,7 @@ from typing import Any
 
 from randommask.common import storage
 from randommask.common.checkpoints import node_checkpoint
+from randommask.common.tracking import tracking_uri
 from randommask.data.tokenizer import KmerTokenizer
 from randommask.errors import UserError
 from randommask.evaluation import gue
@@ -24,7 +25,7 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
              max_eval: int | None = None, epochs: int | None = None, lr: float | None = None,
              batch_size: int | None = None, protocol: str = "published", lora: bool = False, cpus_per_trial: float = 1.0,
              gpus_per_trial: float = 0.0, baselines: str | None = None, storage_options: dict | None = None,
-             log=print) -> dict[str, Any]:
+             log=print, mlflow_uri: str | None = None) -> dict[str, Any]:
     """Fine-tune ``checkpoint`` on GUE datasets with Ray Tune under ``protocol`` (published, fast;
     overrides make it custom); returns the aggregated results."""
     if protocol not in protocols.PROTOCOLS:
@@ -97,6 +98,11 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
            "not_comparable": comparability(some.protocol, max_train, max_eval)}
     results = aggregate(trials, published, checkpoint, run)
     write_results(out, results, storage_options)
+    uri = tracking_uri(mlflow_uri)
+    if uri is not None:  # MLflow is imported only here, with tracking on
+        from randommask.finetune.tracking import log_finetune
+
+        log_finetune(uri, out, checkpoint, trials, results, storage_options, log=log)
     return results
 
 

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import posixpath
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -185,8 +186,10 @@ def _trial(config: dict) -> None:
                  **{key: summary[key] for key in EVAL_KEYS}})
 
 
-def sweep(path: str, overrides: list[str] | None = None, log=print) -> dict[str, Any]:
-    """Run (or resume) a sweep; returns the best trial and where the outputs are."""
+def sweep(path: str, overrides: list[str] | None = None, log=print, mlflow_uri: str | None = None) -> dict[str, Any]:
+    """Run (or resume) a sweep; returns the best trial and where the outputs are. With MLflow
+    tracking (``mlflow_uri``, the base config's ``tracking.mlflow_uri`` or MLFLOW_TRACKING_URI) the
+    sweep is a parent run and each trial's pretraining a child run of it."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
@@ -200,6 +203,7 @@ def sweep(path: str, overrides: list[str] | None = None, log=print) -> dict[str,
         root = os.path.abspath(root)
         base = _absolute_data_paths(base)
     runs_uri = storage.join(root, "runs")
+    parent = _parent_run(cfg, base, root, mlflow_uri, log)
     ensure_ray()
     # Checkpoint-only reports carry no evaluation: Tune must not demand the metric in every report.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -239,7 +243,40 @@ def sweep(path: str, overrides: list[str] | None = None, log=print) -> dict[str,
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     results = tuner.fit()
-    return _write_outputs(cfg, base, results, root, runs_uri)
+    out = _write_outputs(cfg, base, results, root, runs_uri)
+    if parent is not None:
+        _close_parent(parent, cfg, out)
+    return out
+
+
+def _parent_run(cfg: SweepConfig, base: dict, root: str, mlflow_uri: str | None, log):
+    """The sweep's MLflow run (None without tracking); the trials' configs name it as their parent."""
+    from randommask.common.tracking import DEFAULT_EXPERIMENT, Tracker, tracking_uri
+
+    tracking = base.setdefault("tracking", {})
+    uri = tracking_uri(mlflow_uri or tracking.get("mlflow_uri"))
+    if uri is None:
+        return None
+    parent = Tracker(uri, tracking.get("experiment") or DEFAULT_EXPERIMENT, f"sweep {cfg.name}", key=root,
+                     tags={"randommask.sweep": cfg.name}, warn=log)
+    parent.log_params({"sweep.name": cfg.name, "sweep.search": json.dumps(cfg.search.model_dump(mode="json")),
+                       "sweep.objective": json.dumps(cfg.objective.model_dump(mode="json"))})
+    tracking["mlflow_uri"] = uri
+    tracking["parent_run_id"] = parent.run_id  # None while the server is down: the trials are then unnested
+    return parent
+
+
+def _close_parent(parent, cfg: SweepConfig, out: dict[str, Any]) -> None:
+    for key in ("trials_csv", "best_yaml", "curves"):
+        if out.get(key) and storage.exists(out[key]):
+            parent.log_bytes(storage.read_bytes(out[key]), posixpath.basename(out[key]))
+    best = out.get("best")
+    if best is not None:
+        parent.set_tags({"randommask.best_trial": str(best["trial"])})
+        value = best.get(cfg.objective.metric)
+        if isinstance(value, (int, float)):
+            parent.log_metrics({f"best_{cfg.objective.metric}": float(value)}, 0)
+    parent.close("FINISHED" if best is not None else "FAILED")
 
 
 def _absolute_data_paths(base: dict) -> dict:

@@ -52,7 +52,8 @@ MaskingSection = create_model("MaskingSection", __base__=MaskingSectionBase, __m
 class ModelSection(Section):
     preset: str = "small"
     overrides: dict[str, Any] = Field(default_factory=dict, description="BertConfig fields")
-    init_from: Optional[str] = Field(None, description="a Hugging Face directory (e.g. a DNABERT checkpoint)")
+    init_from: Optional[str] = Field(None, description="continue from a k-mer BERT checkpoint: a Hugging Face "
+                                     "directory (e.g. DNABERT's), a run's final/ or step_* checkpoint, local or s3://")
 
     _known = field_validator("preset")(one_of(PRESETS, "preset"))
 
@@ -120,6 +121,9 @@ class RunSection(Section):
                                      "this x 2^(N-1), jittered, at most 5 minutes")
     seed: int = 0
     stop_after: Optional[int] = Field(None, ge=1, description="checkpoint and stop at this step; resume later")
+    card_license: str = Field("other", pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$",
+                              description="the license in the final model card's front matter, a Hugging Face "
+                              "license id (apache-2.0, cc-by-4.0, ...); other: say it in the card")
     resume_from: Optional[str] = Field(
         None, description="a step_* checkpoint (local or s3://) to continue from while this run has none of its "
         "own: a run moved to new storage or a new machine; its training settings must match this config")
@@ -133,6 +137,23 @@ class ObservabilitySection(Section):
     progress: bool = True
 
 
+class TrackingSection(Section):
+    mlflow_uri: Optional[str] = Field(None, description="an MLflow tracking server (http(s)://host:port); default: "
+                                      "MLFLOW_TRACKING_URI, else no tracking")
+    experiment: str = Field("randommask", min_length=1, description="the MLflow experiment")
+    parent_run_id: Optional[str] = Field(None, description="nest this run under an MLflow run (a sweep sets it)")
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _no_credentials(cls, v: Optional[str]) -> Optional[str]:
+        from urllib.parse import urlsplit
+
+        if v and "@" in urlsplit(v).netloc:
+            raise ValueError("credentials never go in a config; set MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+        return v
+
+
 class PretrainConfig(Section):
     data: DataSection
     masking: MaskingSection = Field(default_factory=MaskingSection)
@@ -141,6 +162,7 @@ class PretrainConfig(Section):
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     run: RunSection = Field(default_factory=RunSection)
     observability: ObservabilitySection = Field(default_factory=ObservabilitySection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
 
     @model_validator(mode="after")
     def _consistent(self) -> "PretrainConfig":
@@ -245,7 +267,7 @@ __all__ = ["PretrainConfig", "load_config", "validate_config", "apply_overrides"
 
 # Settings a run may change when it continues from a checkpoint: where and how it runs, how often it
 # reports, not what it trains. Anything else differing would mix two settings in one run.
-RESUME_MAY_DIFFER = ("run.", "observability.", "scaling.", "data.prepared", "data.storage_options")
+RESUME_MAY_DIFFER = ("run.", "observability.", "tracking.", "scaling.", "data.prepared", "data.storage_options")
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

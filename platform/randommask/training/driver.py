@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from randommask.common import rundir, storage
+from randommask.common.tracking import tracking_uri
 from randommask.data.prepare import read_manifest
 from randommask.data.stream import build_plan
 from randommask.data.tokenizer import vocab_size_for
@@ -46,14 +47,19 @@ def check_storage(cfg: PretrainConfig) -> None:
 
 
 def check_init_from(cfg: PretrainConfig) -> None:
+    """The starting checkpoint exists (local or object storage, fetched once per node) and fits k."""
     if cfg.model.init_from is None:
         return
     from transformers import AutoConfig
 
+    from randommask.common.checkpoints import node_checkpoint
+
+    local = node_checkpoint(cfg.model.init_from, what="model.init_from")  # a missing one is one line
     try:
-        hf = AutoConfig.from_pretrained(cfg.model.init_from)
+        hf = AutoConfig.from_pretrained(local)
     except Exception as e:
-        raise UserError(f"model.init_from {cfg.model.init_from}: not a Hugging Face model directory ({e})") from None
+        raise UserError(f"model.init_from {cfg.model.init_from}: not a Hugging Face model directory "
+                        f"({type(e).__name__})") from None
     if hf.vocab_size != vocab_size_for(cfg.data.k):
         raise UserError(f"model.init_from {cfg.model.init_from}: vocabulary of {hf.vocab_size} tokens does not match "
                         f"data.k={cfg.data.k} ({vocab_size_for(cfg.data.k)} tokens)")
@@ -104,6 +110,8 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
     from randommask.training.worker import train_loop_per_worker
 
     cfg = absolute_paths(cfg)
+    # MLFLOW_TRACKING_URI is read here, where the user set it: workers on other nodes get it in the config
+    cfg.tracking.mlflow_uri = tracking_uri(cfg.tracking.mlflow_uri)
     with storage.preflight():  # a wrong endpoint, key or path fails in seconds, before anything is written
         check_storage(cfg)
         check_init_from(cfg)
@@ -194,6 +202,8 @@ def summarize(cfg: PretrainConfig, seconds: float) -> dict[str, Any]:
     }
     for key in SUMMARY_EVAL_KEYS:
         out[key] = evals[-1].get(key) if evals else None
+    tracked = [e for e in run.read_events() if e.get("event") == "tracking"]
+    out["tracking"] = tracked[-1] if tracked and cfg.tracking.mlflow_uri else None
     return out
 
 

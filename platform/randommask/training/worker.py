@@ -11,6 +11,7 @@ each checkpoint) and data order (from (seed, epoch), see ``data.stream``).
 from __future__ import annotations
 
 import logging
+import os
 import random
 import tempfile
 import time
@@ -18,12 +19,14 @@ from typing import Iterator
 
 import torch
 
+from randommask.common.modelcard import CARD_FILE
 from randommask.data.stream import pretraining_dataset
 from randommask.data.tokenizer import KmerTokenizer
 from randommask.errors import UserError
 from randommask.training.checkpointer import Checkpointer, TrainState
 from randommask.training.config import PretrainConfig, dump_config
 from randommask.training.metrics import MetricsProcessor
+from randommask.training.mlflow_sink import MlflowSink
 from randommask.training.model import SparseMLM, build_mlm
 from randommask.training.preemption import PreemptionGuard
 from randommask.training.step import build_optimizer, step_seed, train_step
@@ -49,6 +52,7 @@ class Worker:
 
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.run_dir = cfg.run_dir()
+        self.init_local: str | None = None  # the local copy of model.init_from, when set
         self.tok = KmerTokenizer(cfg.data.k, cfg.data.stride)
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         self.mlm = self._build_model()
@@ -65,13 +69,19 @@ class Worker:
                                         floors=floors, max_steps=cfg.optim.max_steps, **self._mfu_inputs())
         self.floors = floors
         self.preemption = PreemptionGuard(self.run_dir, cfg.run.name, rank)
+        self.mlflow = None  # rank 0's MLflow run, when tracking is configured
+        if rank == 0 and MlflowSink.wanted(cfg):
+            self.mlflow = MlflowSink(cfg, floors)
 
     def _build_model(self):
         cfg = self.cfg
         if cfg.model.init_from:
             from transformers import BertForMaskedLM
 
-            mlm = BertForMaskedLM.from_pretrained(cfg.model.init_from, attn_implementation="sdpa")
+            from randommask.common.checkpoints import node_checkpoint
+
+            self.init_local = node_checkpoint(cfg.model.init_from, what="model.init_from")  # fetched once per node
+            mlm = BertForMaskedLM.from_pretrained(self.init_local, attn_implementation="sdpa")
         else:
             mlm = build_mlm(cfg.model.preset, cfg.data.k, **cfg.model.overrides)
         if cfg.scaling.compile and self.device.type == "cuda":
@@ -114,6 +124,8 @@ class Worker:
             if eval_now:
                 line.update(self.validator.evaluate(self.mlm))
             report = self.metrics.publish(line, full=ckpt_now or eval_now, param_checksum=self.param_checksum)
+            if self.mlflow is not None:
+                self.mlflow.line(line)
             if ckpt_now:
                 self.checkpointer.save(state, report)
                 self.metrics.checkpoint_s = self.checkpointer.seconds
@@ -126,6 +138,9 @@ class Worker:
         if self.rank == 0 and state.step >= cfg.optim.max_steps:
             self._write_final()
         self.metrics.close()
+        if self.mlflow is not None:
+            outcome = self.mlflow.close(finished=state.step >= cfg.optim.max_steps)
+            self.run_dir.append_event({**outcome, "step": state.step, "time": round(time.time(), 1)})
 
     def train_step(self, data: Iterator[torch.Tensor]) -> dict[str, float]:
         o = self.cfg.optim
@@ -173,14 +188,32 @@ class Worker:
     def _write_final(self) -> None:
         from randommask.training.plots import loss_curves_png
 
+        card = self._card()
         with tempfile.TemporaryDirectory() as d:
             self.mlm.save_pretrained(d)
             self.tok.save_pretrained(d)
+            with open(os.path.join(d, CARD_FILE), "w") as f:
+                f.write(card)
             self.run_dir.upload_final(d)
         self.run_dir.write_metrics(self.state.history)
         title = f"{self.cfg.run.name} ({self.cfg.masking.strategy}, {self.cfg.model.preset})"
-        self.run_dir.write_loss_plot(loss_curves_png({self.cfg.run.name: self.state.history}, title=title,
-                                                     floors=self.floors))
+        plot = loss_curves_png({self.cfg.run.name: self.state.history}, title=title, floors=self.floors)
+        self.run_dir.write_loss_plot(plot)
+        if self.mlflow is not None:
+            self.mlflow.final(card, plot)
+
+    def _card(self) -> str:
+        from randommask.data.prepare import read_manifest
+        from randommask.training.card import lineage, pretraining_card
+
+        try:
+            manifest = read_manifest(self.cfg.data.prepared, self.cfg.data.storage_options or None)
+        except UserError:
+            manifest = None  # the card says so; the model is written all the same
+        n_params = sum(p.numel() for p in self.mlm.parameters())
+        parent = lineage(self.cfg.model.init_from, self.init_local) if self.cfg.model.init_from else None
+        return pretraining_card(self.cfg, self.state.history, self.floors, manifest, self.mlm.config.to_dict(),
+                                n_params, parent)
 
 
 def restart_delay(restarts: int, base: float, cap: float = 300.0) -> float:

@@ -1,0 +1,46 @@
+"""Fine-tuning in MLflow: a parent run per ``finetune --out`` (the results table as its artifacts) and
+one child run per (dataset, seed) trial with its protocol values and its dev and test metrics (the
+dev curve at each evaluation step). Logged by the driver from the trial files once the trials are
+done, so a rerun that finds a trial's child run already there leaves it as it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from randommask.common import storage
+from randommask.common.tracking import DEFAULT_EXPERIMENT, Tracker, numeric
+
+
+def log_finetune(uri: str, out: str, checkpoint: str, trials: list[dict[str, Any]], results: dict[str, Any],
+                 storage_options: dict | None = None, experiment: str = DEFAULT_EXPERIMENT, log=print) -> None:
+    parent = Tracker(uri, experiment, f"finetune {out}", key=out, tags={"randommask.finetune": out}, warn=log)
+    parent.log_params({"checkpoint": checkpoint, "protocol": results.get("protocol"),
+                       "selection": results.get("selection")})
+    for t in trials:
+        name = f"{t['dataset']}-s{t['seed']}"
+        child = Tracker(uri, experiment, name, key=f"{out}#{name}", parent_run_id=parent.run_id,
+                        tags={"randommask.dataset": t["dataset"], "randommask.status": t["status"]}, warn=log)
+        if not child.created:  # logged by an earlier run of this command (or the server is down: kept)
+            child.close("FINISHED" if t["status"] == "ok" else "FAILED")
+            continue
+        hp = {f"hp.{k}": v for k, v in (t.get("hyperparameters") or {}).items()}
+        child.log_params({"dataset": t["dataset"], "seed": t["seed"], "protocol": t.get("protocol"),
+                          "selection": t.get("selection"), "lora": t.get("lora"), "max_train": t.get("max_train"),
+                          "max_eval": t.get("max_eval"), "checkpoint": checkpoint, **hp})
+        for line in t.get("history", []):
+            child.log_metrics(numeric(line), int(line["step"]))
+        final = {**{f"test_{k}": v for k, v in (t.get("test") or {}).items()},
+                 **{f"dev_best_{k}": v for k, v in (t.get("dev_best") or {}).items()}}
+        if final:
+            child.log_metrics(numeric(final), int((t.get("ran") or {}).get("steps", 0)) + 1)
+        if t["status"] != "ok":
+            child.set_tags({"randommask.error": str(t.get("error", ""))[:500]})
+        child.close("FINISHED" if t["status"] == "ok" else "FAILED")
+    for name in ("results.csv", "results.md", "results.json"):
+        uri_ = storage.join(out, name)
+        if storage.exists(uri_, storage_options):
+            parent.log_bytes(storage.read_bytes(uri_, storage_options), name)
+    means = {f"{row['dataset']}_{row['metric']}_mean": float(row["score_mean"])
+             for row in results.get("datasets", []) if row.get("score_mean") is not None}
+    parent.log_metrics(means, 0)
+    parent.close("FINISHED")
