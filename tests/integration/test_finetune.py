@@ -26,7 +26,7 @@ def test_finetune_through_tune_two_at_once_with_results_and_resume(ray_local, gu
     # the published protocol on subsampled data: prom_core_tata 10 epochs of 7 steps, tf/2 3 epochs
     r = finetune(str(tiny_checkpoint), str(gue_dir), "tf/2,prom/prom_core_tata", str(out), seeds=2, max_train=200,
                  max_eval=100, cpus_per_trial=1, baselines=str(GUE_BASELINES), log=logs.append,
-                 mlflow_uri=mlflow.uri)
+                 mlflow_uri=mlflow.uri, save_models=True)
     assert "4 to run" in logs[0]
     assert r["protocol"] == "published" and r["selection"] == "dev_loss@eval_steps" and r["precision"] == "fp32"
     assert "subsampled" in r["not_comparable"]
@@ -67,6 +67,8 @@ def test_finetune_through_tune_two_at_once_with_results_and_resume(ray_local, gu
         assert c.data.params["protocol"] == "published" and c.data.params["hp.lr"] == str(t["hyperparameters"]["lr"])
         assert c.data.metrics["test_mcc"] == pytest.approx(t["test"]["mcc"])
         assert len(client.get_metric_history(c.info.run_id, "dev_loss")) == t["ran"]["evaluations"]
+        assert c.data.tags["randommask.model"] == t["model"]  # --save-models: the model and its card
+        assert [a.path for a in client.list_artifacts(c.info.run_id, "model")] == ["model/README.md"]
     r2 = finetune(str(tiny_checkpoint), str(gue_dir), "tf/2,prom/prom_core_tata", str(out), seeds=3, max_train=200,
                   max_eval=100, log=logs.append, mlflow_uri=mlflow.uri)
     assert "4 already finished, 2 to run" in logs[0]
@@ -106,6 +108,29 @@ def test_finetune_from_s3_to_s3_skips_finished_trials_on_rerun(ray_local, gue_di
     assert "1 already finished, 1 to run" in logs[0]
     assert (out / "trials" / "mouse_2__seed0.json").read_bytes() == first
     assert r2["datasets"][0]["seeds_ok"] == 2
+
+    # --save-models on a rerun: finished trials without a saved model run again (same settings, same
+    # scores) and keep it, on S3, with a card that carries the pretrained checkpoint's lineage and license.
+    storage.write_bytes("s3://ft/runs/r/final/README.md", (  # through S3, as a run writes it
+        "---\nlicense: apache-2.0\nrandommask:\n  run: tiny-run\n  version: 0.1.0\n  masking: randommask\n"
+        "  steps: 150\n  tokens: 6000\n---\n# tiny\n").encode())
+    logs.clear()
+    r3 = finetune("s3://ft/runs/r/final", "s3://ft/gue", "mouse/2", "s3://ft/out", **{**args, "seeds": 2},
+                  log=logs.append, save_models=True)
+    assert "2 finished trial(s) have no saved model" in logs[0] and "0 already finished, 2 to run" in logs[1]
+    assert r3["datasets"][0]["per_seed"] == r2["datasets"][0]["per_seed"]
+    assert r3["datasets"][0]["models"] == {s: f"s3://ft/out/models/mouse_2__seed{s}" for s in (0, 1)}
+    assert "## Saved models" in (out / "results.md").read_text()
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForSequenceClassification
+
+    saved = node_checkpoint("s3://ft/out/models/mouse_2__seed1")
+    AutoModelForSequenceClassification.from_pretrained(saved)
+    card = ModelCard.load(Path(saved) / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.pipeline_tag == "text-classification"
+    base = card.data.to_dict()["randommask"]["base"]
+    assert base["init_from"] == "s3://ft/runs/r/final" and base["parent"]["run"] == "tiny-run"
+    assert "pretraining run `tiny-run`" in card.text
 
 
 def test_a_remote_checkpoint_is_fetched_once_per_node_and_again_when_rewritten(tiny_checkpoint, s3, tmp_path):

@@ -40,3 +40,26 @@ def test_the_card_parses_and_shows_figures_beside_references(tmp_path):
     # No evaluation, no manifest: the card says so instead of failing.
     bare = ModelCard(pretraining_card(cfg, HISTORY[:1], None, None, {}, 1))
     assert "No evaluation was logged" in bare.text and "manifest was not readable" in bare.text
+
+
+def test_the_finetuning_card_states_comparability_and_the_majority_class():
+    from randommask.evaluation import gue
+    from randommask.finetune.card import finetune_card, majority_reference
+
+    ref = majority_reference([0, 0, 0, 1])
+    assert ref["accuracy"] == 0.75 and ref["mcc"] == 0.0
+    ran = {"steps": 400, "epochs": 3.0, "evaluations": 2, "best_step": 200, "max_tokens": 98, "precision": "bf16",
+           "n_train": 1000, "n_dev": 100, "n_test": 100}
+    result = {"dataset": "tf/2", "seed": 1, "protocol": "published", "selection": "dev_loss@eval_steps", "lora": True,
+              "hyperparameters": gue.REGISTRY["tf/2"].published(), "max_train": None, "max_eval": None, "ran": ran,
+              "test": {"mcc": 0.51234, "f1_macro": 0.7, "accuracy": 0.75}, "dev_best": {"mcc": 0.5, "loss": 0.6}}
+    base = {"init_from": "s3://b/run/final", "weights_sha256": "a" * 64,
+            "parent": {"run": "rm-s0", "version": "0.1.0", "masking": "randommask", "steps": 16000, "tokens": 10**8}}
+    card = ModelCard(finetune_card(result, base, ref, license_id="apache-2.0"))
+    assert card.data.license == "apache-2.0" and "lora-merged" in card.data.tags
+    assert "Comparable with the published GUE numbers." in card.text
+    assert "pretraining run `rm-s0`" in card.text and "16,000 steps" in card.text and "0.5123" in card.text
+    assert "| accuracy | 0.75 | — | 0.75 | — |" in card.text  # the classifier is no better than the majority class
+    sub = ModelCard(finetune_card({**result, "max_train": 200}, {**base, "parent": None}, ref))
+    assert "Not comparable with the published GUE numbers: the data were subsampled" in sub.text
+    assert "License: not stated" in sub.text

@@ -79,14 +79,33 @@ def test_weight_decay_spares_biases_and_layernorm(tiny_checkpoint):
                                                        if n.endswith("bias") or "LayerNorm" in n}
 
 
+def _test_split(gue_dir, checkpoint, dataset, rows, max_tokens):
+    enc = KmerTokenizer.from_pretrained(checkpoint)
+    seqs, labels = gue.subsample(*gue.read_split(str(gue_dir), dataset, "test"), rows, seed=0)
+    e = enc.encode_batch(seqs, max_length=max_tokens)
+    return torch.from_numpy(e["input_ids"]), torch.from_numpy(e["attention_mask"]), torch.from_numpy(labels)
+
+
+def _saved_model_scores(model_dir, test):
+    """The test scores of a saved model, loaded as anyone would load it (no peft, no randommask)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    return {k: round(v, 5) for k, v in evaluate(model, *test, torch.device("cpu")).items()}
+
+
 def test_the_lowest_dev_loss_step_is_what_test_scores(gue_dir, tiny_checkpoint, tmp_path):
-    """Selection by dev loss: the test metrics are exactly those of the weights at the best step."""
+    """Selection by dev loss: the test metrics are exactly those of the weights at the best step, and
+    the saved model (--save-models) is that model, with a card that says so."""
+    from huggingface_hub import ModelCard
     from transformers import BertForSequenceClassification
+
+    from randommask.common.checkpoints import weights_digest
 
     states = {}
     result = run_trial({"dataset": "prom/prom_core_tata", "seed": 0, "checkpoint": str(tiny_checkpoint),
                         "gue_dir": str(gue_dir), "out": str(tmp_path), "max_train": 256, "max_eval": 128,
-                        "epochs": 6, "lr": 2e-3},
+                        "epochs": 6, "lr": 2e-3, "save_model": True},
                        on_evaluate=lambda step, model, dev: states.__setitem__(
                            step, {k: v.detach().clone() for k, v in model.state_dict().items()}))
     history = result["history"]
@@ -95,10 +114,7 @@ def test_the_lowest_dev_loss_step_is_what_test_scores(gue_dir, tiny_checkpoint, 
     assert result["ran"]["best_step"] == best and sorted(states) == [h["step"] for h in history]
     assert best != history[-1]["step"], "the test needs a run whose best step is not its last"
 
-    enc = KmerTokenizer.from_pretrained(tiny_checkpoint)
-    seqs, labels = gue.subsample(*gue.read_split(str(gue_dir), "prom/prom_core_tata", "test"), 128, seed=0)
-    e = enc.encode_batch(seqs, max_length=result["ran"]["max_tokens"])
-    test = (torch.from_numpy(e["input_ids"]), torch.from_numpy(e["attention_mask"]), torch.from_numpy(labels))
+    test = _test_split(gue_dir, tiny_checkpoint, "prom/prom_core_tata", 128, result["ran"]["max_tokens"])
 
     def score(step):
         model = BertForSequenceClassification.from_pretrained(tiny_checkpoint, num_labels=2, attn_implementation="sdpa")
@@ -107,6 +123,15 @@ def test_the_lowest_dev_loss_step_is_what_test_scores(gue_dir, tiny_checkpoint, 
 
     assert score(best) == result["test"]
     assert score(history[-1]["step"]) != result["test"]
+    saved = tmp_path / "models" / "prom_prom_core_tata__seed0"
+    assert result["model"] == str(saved) and _saved_model_scores(saved, test) == result["test"]
+    card = ModelCard.load(saved / "README.md")
+    assert card.data.pipeline_tag == "text-classification" and card.data.license == "other"
+    assert {(r.metric_type, r.metric_value) for r in card.data.eval_results} == {
+        (m, result["test"][m]) for m in ("mcc", "f1_macro", "accuracy")}
+    block = card.data.to_dict()["randommask"]
+    assert block["best_step"] == best and block["base"]["weights_sha256"] == weights_digest(str(tiny_checkpoint))
+    assert f"step {best:,} of" in card.text and "majority class" in card.text
 
 
 def test_registry_has_the_28_gue_datasets():
@@ -179,8 +204,13 @@ def test_dnabert_format_directory_fine_tunes(gue_dir, tmp_path):
 
 def test_lora_trains_only_adapters_and_head(gue_dir, tiny_checkpoint, tmp_path):
     result = run_trial({"dataset": "mouse/2", "seed": 0, "checkpoint": str(tiny_checkpoint), "gue_dir": str(gue_dir),
-                        "out": str(tmp_path), "max_train": 64, "max_eval": 64, "epochs": 1, "lora": True})
+                        "out": str(tmp_path), "max_train": 64, "max_eval": 64, "epochs": 1, "lora": True,
+                        "save_model": True})
     assert result["lora"] and result["status"] == "ok"
+    # saved with the adapters merged: a plain BERT classifier that scores what the trial scored
+    test = _test_split(gue_dir, tiny_checkpoint, "mouse/2", 64, result["ran"]["max_tokens"])
+    assert _saved_model_scores(result["model"], test) == result["test"]
+    assert "adapter_config.json" not in {p.name for p in (tmp_path / "models" / "mouse_2__seed0").iterdir()}
 
 
 def test_published_numbers_stand_only_beside_published_results():

@@ -152,6 +152,8 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="a fraction shares a GPU between trials")
     p.add_argument("--baselines", help="CSV dataset,model,metric,value of published results to compare with")
+    p.add_argument("--save-models", action="store_true", help="keep each trial's selected model (LoRA merged) with "
+                   "a model card under OUT/models/<dataset>__seed<k>/, a Hugging Face directory")
     p.add_argument("--mlflow-uri", help="log a parent run and one run per (dataset, seed) trial to this MLflow "
                    "tracking server (default: MLFLOW_TRACKING_URI; none: no tracking)")
     p.add_argument("--out", required=True)
@@ -165,7 +167,7 @@ def run_finetune(args: argparse.Namespace) -> None:
                  max_eval=args.max_eval, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  protocol=args.protocol, lora=args.lora,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, baselines=args.baselines,
-                 storage_options=storage_options_from(args), mlflow_uri=args.mlflow_uri)
+                 storage_options=storage_options_from(args), mlflow_uri=args.mlflow_uri, save_models=args.save_models)
     for row in r["datasets"]:
         score = f"{row['score_mean']:.4f} ± {row['score_std']:.4f}" if "score_mean" in row else "failed"
         rank = f"  rank {row['rank']}/{row['rank_of']}" if "rank" in row else ""
@@ -176,6 +178,8 @@ def run_finetune(args: argparse.Namespace) -> None:
     print(f"protocol {r['protocol']} ({r['selection']}, {r['precision']})"
           + (f"; published numbers not shown: {r['not_comparable']}" if r["not_comparable"] else ""))
     print(f"results  {args.out.rstrip('/')}/results.md (.csv, .json)")
+    if args.save_models:
+        print(f"models   {args.out.rstrip('/')}/models/<dataset>__seed<k>/ (each with its model card, README.md)")
     if r["failed_trials"]:
         raise UserError(f"{r['failed_trials']} trial(s) failed; see {args.out.rstrip('/')}/results.md")
 

@@ -6,10 +6,12 @@ protocol makes them comparable.
     trial        one (dataset, seed): train, select, score on test
     driver       validation first, the trials through Ray Tune, resume
     results      mean ± std over seeds, results.{csv,json,md}
+    card         a saved model's card: dataset, lineage, protocol, test scores beside the majority class
 
 OUT/
     trials/<group>_<dataset>__seed<k>.json   one finished trial (a rerun skips it)
     results.csv  results.json  results.md    per dataset mean ± std over seeds, task and overall means
+    models/<group>_<dataset>__seed<k>/       --save-models: the selected model, tokenizer and README.md card
     tune/                                    Ray Tune's experiment state
 """
 

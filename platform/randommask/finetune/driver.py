@@ -25,9 +25,10 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
              max_eval: int | None = None, epochs: int | None = None, lr: float | None = None,
              batch_size: int | None = None, protocol: str = "published", lora: bool = False, cpus_per_trial: float = 1.0,
              gpus_per_trial: float = 0.0, baselines: str | None = None, storage_options: dict | None = None,
-             log=print, mlflow_uri: str | None = None) -> dict[str, Any]:
+             log=print, mlflow_uri: str | None = None, save_models: bool = False) -> dict[str, Any]:
     """Fine-tune ``checkpoint`` on GUE datasets with Ray Tune under ``protocol`` (published, fast;
-    overrides make it custom); returns the aggregated results."""
+    overrides make it custom); returns the aggregated results. ``save_models`` keeps each trial's
+    selected model, with its card, under ``OUT/models/``."""
     if protocol not in protocols.PROTOCOLS:
         raise UserError(f"--protocol {protocol!r}: choose one of {', '.join(protocols.PROTOCOLS)}")
     if seeds < 1:
@@ -76,6 +77,10 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
     finished = {pair: t for pair, t in finished.items() if t is not None}
     for t in finished.values():  # a finished trial counts only if it ran with these settings
         _check_same_settings(t, requested, plans[t["dataset"]], out)
+    unsaved = [pair for pair, t in finished.items() if save_models and not t.get("model")]
+    if unsaved:  # its model was not kept: run it again (same settings, same rows, same seed) to keep it
+        log(f"{len(unsaved)} finished trial(s) have no saved model: running them again to save it")
+        finished = {pair: t for pair, t in finished.items() if pair not in unsaved}
     # The longest trials (covid, EMP) start first, so they do not finish alone at the end of a sweep.
     todo = sorted((pair for pair in pairs if pair not in finished), key=lambda pair: (-cost[pair[0]], pair))
     log(f"finetune {len(pairs)} trial(s) ({len(present)} dataset(s) x {seeds} seed(s)); "
@@ -84,7 +89,7 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
     if todo:
         failures = _run_tune(todo, dict(checkpoint=trial_ckpt, gue_dir=gue_dir, out=out, max_train=max_train,
                                         max_eval=max_eval, epochs=epochs, lr=lr, batch_size=batch_size,
-                                        protocol=protocol, lora=lora, gpu=gpus_per_trial > 0,
+                                        protocol=protocol, lora=lora, gpu=gpus_per_trial > 0, save_model=save_models,
                                         threads=max(1, int(cpus_per_trial)), storage_options=storage_options),
                              cpus_per_trial, gpus_per_trial)
     trials = [finished.get(pair) or _read_trial(out, *pair, storage_options) for pair in pairs]

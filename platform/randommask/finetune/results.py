@@ -67,6 +67,8 @@ def aggregate(trials: list[dict], published: dict | None, checkpoint: str, run: 
             row["per_seed"] = {t["seed"]: t["test"][ds.metric] for t in ok}
             row["hyperparameters"] = ok[0]["hyperparameters"]  # the protocol's values (the same for every seed)
             row["ran"] = {t["seed"]: t["ran"] for t in ok}  # what each seed did: steps, evaluations, best step
+            if any(t.get("model") for t in ok):  # --save-models: each seed's selected model, with its card
+                row["models"] = {t["seed"]: t["model"] for t in ok if t.get("model")}
         if published and name in published and ok and run["not_comparable"] is None:
             row["baselines"] = published[name]
             better = sum(1 for v in published[name].values() if v > row["score_mean"])
@@ -139,4 +141,8 @@ def markdown(results: dict[str, Any]) -> str:
     failed = [(r["dataset"], e) for r in rows for e in r["errors"]]
     if failed:
         lines += ["", "## Failed trials", ""] + [f"- {d}: {e}" for d, e in failed]
+    saved = [(r["dataset"], seed, uri) for r in rows for seed, uri in r.get("models", {}).items()]
+    if saved:
+        lines += ["", "## Saved models (each with its model card, README.md)", ""]
+        lines += [f"- {d} seed {seed}: `{uri}`" for d, seed, uri in saved]
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from randommask.common import storage
+from randommask.common.modelcard import CARD_FILE
 from randommask.common.tracking import DEFAULT_EXPERIMENT, Tracker, numeric
 
 
@@ -33,6 +34,11 @@ def log_finetune(uri: str, out: str, checkpoint: str, trials: list[dict[str, Any
                  **{f"dev_best_{k}": v for k, v in (t.get("dev_best") or {}).items()}}
         if final:
             child.log_metrics(numeric(final), int((t.get("ran") or {}).get("steps", 0)) + 1)
+        if t.get("model"):  # --save-models: where the model is, and its card
+            child.set_tags({"randommask.model": t["model"]})
+            card = storage.join(t["model"], CARD_FILE)
+            if storage.exists(card, storage_options):
+                child.log_bytes(storage.read_bytes(card, storage_options), f"model/{CARD_FILE}")
         if t["status"] != "ok":
             child.set_tags({"randommask.error": str(t.get("error", ""))[:500]})
         child.close("FINISHED" if t["status"] == "ok" else "FAILED")

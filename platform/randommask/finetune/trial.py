@@ -29,6 +29,11 @@ def trial_file(out: str, name: str, seed: int) -> str:
     return storage.join(out, "trials", f"{name.replace('/', '_')}__seed{seed}.json")
 
 
+def model_dir(out: str, name: str, seed: int) -> str:
+    """Where ``--save-models`` puts a trial's selected model, with its card: a Hugging Face directory."""
+    return storage.join(out, "models", f"{name.replace('/', '_')}__seed{seed}")
+
+
 @torch.no_grad()
 def evaluate(model, ids: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor, device: torch.device,
              batch: int = 128) -> dict[str, float]:
@@ -135,9 +140,34 @@ def run_trial(p: dict[str, Any], report: Callable[[dict], None] | None = None,
         "test": {k: round(v, 5) for k, v in test.items()}, "dev_best": {k: round(v, 5) for k, v in best.items()},
         "history": history, "seconds": round(time.time() - t0, 1), "started": started, "finished": time.time(),
     }
+    if p.get("save_model"):  # before the trial file, whose presence means "finished"
+        result["model"] = save_model(model, tok, ckpt, p, result, tensors["test"][2])
     storage.write_bytes(trial_file(p["out"], ds.name, seed), (json.dumps(result, indent=1) + "\n").encode(),
                         p.get("storage_options"))
     return result
+
+
+def save_model(model, tok: KmerTokenizer, ckpt: str, p: dict[str, Any], result: dict[str, Any],
+               test_labels: torch.Tensor) -> str:
+    """The selected model as a plain Hugging Face directory (LoRA adapters merged) with its card."""
+    import tempfile
+
+    from randommask.common.modelcard import CARD_FILE, lineage, read_metadata
+    from randommask.finetune.card import finetune_card, majority_reference
+
+    if p.get("lora"):
+        model = model.merge_and_unload()
+    base = lineage(p["checkpoint"], ckpt)
+    card = finetune_card(result, base, majority_reference(test_labels.numpy()),
+                         license_id=str(read_metadata(ckpt).get("license") or "other"))
+    uri = model_dir(p["out"], result["dataset"], int(p["seed"]))
+    with tempfile.TemporaryDirectory() as d:
+        model.to("cpu").save_pretrained(d)
+        tok.save_pretrained(d)
+        with open(f"{d}/{CARD_FILE}", "w", encoding="utf-8") as f:
+            f.write(card)
+        storage.put_dir(d, uri, p.get("storage_options"))
+    return uri
 
 
 def tune_trial(config: dict) -> None:

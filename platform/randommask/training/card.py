@@ -38,28 +38,6 @@ def phases(cfg: PretrainConfig) -> list[tuple[int, int, tuple[int, int]]]:
     return merged
 
 
-def lineage(init_from: str, local_dir: str) -> dict[str, Any]:
-    """What a continued pretraining started from: its URI, the digest of its weights, and the
-    ``randommask`` block of its own card when it has one (so a chain of continuations can be read)."""
-    import os
-
-    from randommask.common.checkpoints import weights_digest
-    from randommask.common.modelcard import CARD_FILE
-
-    out: dict[str, Any] = {"init_from": init_from, "weights_sha256": weights_digest(local_dir)}
-    card = os.path.join(local_dir, CARD_FILE)
-    if os.path.isfile(card):
-        text = open(card, encoding="utf-8").read()
-        if text.startswith("---\n") and "\n---" in text[4:]:
-            try:
-                meta = yaml.safe_load(text[4 : text.index("\n---", 4)]) or {}
-            except yaml.YAMLError:
-                meta = {}
-            if isinstance(meta, dict) and isinstance(meta.get("randommask"), dict):
-                out["parent"] = meta["randommask"]
-    return out
-
-
 def pretraining_card(cfg: PretrainConfig, history: list[dict], floors: dict | None, manifest: dict | None,
                      model_config: dict[str, Any], n_params: int, parent: dict[str, Any] | None = None) -> str:
     """The card's text for the final checkpoint of the run that ``history`` (its metrics lines) logged."""

@@ -203,8 +203,9 @@ class Worker:
             self.mlflow.final(card, plot)
 
     def _card(self) -> str:
+        from randommask.common.modelcard import lineage
         from randommask.data.prepare import read_manifest
-        from randommask.training.card import lineage, pretraining_card
+        from randommask.training.card import pretraining_card
 
         try:
             manifest = read_manifest(self.cfg.data.prepared, self.cfg.data.storage_options or None)
