@@ -47,6 +47,7 @@ arm_settings() {  # the masking of each arm; everything else is plateau-cpu.yaml
 }
 
 collect() {  # the small, durable results
+  local run name  # not the loop's $run, which zeroshot is called with next
   echo "runs made at commit $(git -C "$OUT" rev-parse HEAD 2>/dev/null || echo unknown) of randommask" > "$KEEP/provenance.txt"
   for run in "$OUT"/runs/*/; do
     name=$(basename "$run")

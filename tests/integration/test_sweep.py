@@ -51,6 +51,10 @@ def test_sweep_of_three_tiny_trials_with_asha_on_s3(ray_local, prepared, gue_dir
         assert c.data.tags["randommask.key"] == run_dir
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "eval_span_k_mask_loss")]
         assert steps and steps == sorted(set(steps))  # the curve, each evaluation once
+    # a trial ASHA stopped is ended as KILLED, not left RUNNING; a finished one is FINISHED
+    status = {r["run"]: r["status"] for r in rows}
+    assert {c.info.run_name: c.info.status for c in children} == {
+        name: {"done": "FINISHED", "stopped": "KILLED"}[st] for name, st in status.items()}
 
     # Rerunning the same sweep resumes its Tune experiment instead of starting over. With a probe
     # objective, the finished trials best by the search metric are judged by the linear probe on

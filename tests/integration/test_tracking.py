@@ -90,3 +90,28 @@ def test_a_tracking_server_down_mid_run_costs_nothing_and_gets_what_it_missed(pr
         assert run.info.status == "FINISHED"
         lines = jsonl(metrics)
         assert history(client, run.info.run_id, "loss") == [(x["step"], pytest.approx(x["loss"])) for x in lines]
+
+
+def test_a_stopped_sweep_trial_is_ended_with_the_lines_it_could_not_send(mlflow, tmp_path):
+    """ASHA stops a trial between its evaluation and its next MLflow call, or a slow server keeps its
+    last lines pending when it is stopped: the sweep ends its run as KILLED with every line of its
+    metrics.jsonl, each step once."""
+    from randommask.common.rundir import RunDir
+    from randommask.common.tracking import Tracker
+    from randommask.sweep.driver import end_trial_runs
+
+    runs = str(tmp_path / "runs")
+    lines = [{"step": 10, "loss": 8.3}, {"step": 20, "loss": 8.1, "eval_span_k_mask_loss": 7.9},
+             {"step": 30, "loss": 8.0}]
+    for name in ("sw-a", "sw-b"):
+        RunDir.of(runs, name).write_metrics(lines)
+    parent = Tracker(mlflow.uri, "randommask", "sweep sw", key=str(tmp_path / "sw"))
+    started = Tracker(mlflow.uri, "randommask", "sw-a", key=RunDir.of(runs, "sw-a").uri, parent_run_id=parent.run_id)
+    started.log_metrics({"loss": 8.3}, 10)  # what the trial sent before it was stopped; left RUNNING
+    end_trial_runs(parent, [{"run": "sw-a", "status": "stopped"}, {"run": "sw-b", "status": "error"}], runs)
+    client, children = mlflow_runs(mlflow.uri, parent=parent.run_id)
+    assert {c.info.run_name: c.info.status for c in children} == {"sw-a": "KILLED", "sw-b": "FAILED"}
+    for c in children:
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "loss")] == [10, 20, 30]
+        assert [m.step for m in client.get_metric_history(c.info.run_id, "eval_span_k_mask_loss")] == [20]
+        assert c.data.tags["randommask.trial_status"] in ("stopped", "error")

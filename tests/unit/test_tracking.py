@@ -36,3 +36,17 @@ def test_a_server_that_never_answers_warns_once_and_says_what_is_missing():
     t.close()
     assert len(said) == 2 and "did not answer" in said[0]
     assert said[1].startswith("warning: MLflow at http://127.0.0.1:") and "is missing 6 update(s)" in said[1], said
+
+
+def test_finetune_logging_to_a_server_that_never_answers_is_one_line(tmp_path):
+    """Once per fine-tuning, not once per trial: it stops at the parent and says how to log later."""
+    import time
+
+    from randommask.finetune.tracking import log_finetune
+
+    said: list[str] = []
+    trials = [{"dataset": "tf/2", "seed": s, "status": "ok", "test": {"mcc": 0.1}} for s in range(5)]
+    t0 = time.monotonic()
+    log_finetune(f"http://127.0.0.1:{free_port()}", str(tmp_path), "ckpt", trials, {"datasets": []}, log=said.append)
+    assert len(said) == 1 and "did not answer" in said[0] and "same command run again logs them" in said[0], said
+    assert time.monotonic() - t0 < 30

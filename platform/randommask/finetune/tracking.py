@@ -1,7 +1,9 @@
 """Fine-tuning in MLflow: a parent run per ``finetune --out`` (the results table as its artifacts) and
 one child run per (dataset, seed) trial with its protocol values and its dev and test metrics (the
 dev curve at each evaluation step). Logged by the driver from the trial files once the trials are
-done, so a rerun that finds a trial's child run already there leaves it as it is."""
+done, so a rerun that finds a trial's child run already there leaves it as it is. A server that does
+not answer costs one line and one timeout: nothing is logged, and the same command run again (its
+trials are finished, so it only aggregates) logs everything."""
 
 from __future__ import annotations
 
@@ -14,13 +16,25 @@ from randommask.common.tracking import DEFAULT_EXPERIMENT, Tracker, numeric
 
 def log_finetune(uri: str, out: str, checkpoint: str, trials: list[dict[str, Any]], results: dict[str, Any],
                  storage_options: dict | None = None, experiment: str = DEFAULT_EXPERIMENT, log=print) -> None:
-    parent = Tracker(uri, experiment, f"finetune {out}", key=out, tags={"randommask.finetune": out}, warn=log)
+    said: list[str] = []
+    parent = Tracker(uri, experiment, f"finetune {out}", key=out, tags={"randommask.finetune": out}, warn=said.append)
+    if parent.run_id is None:
+        log(_unlogged(uri, out))
+        return
+    parent.warn = log
+    for line in said:
+        log(line)
     parent.log_params({"checkpoint": checkpoint, "protocol": results.get("protocol"),
                        "selection": results.get("selection")})
     for t in trials:
         name = f"{t['dataset']}-s{t['seed']}"
         child = Tracker(uri, experiment, name, key=f"{out}#{name}", parent_run_id=parent.run_id,
-                        tags={"randommask.dataset": t["dataset"], "randommask.status": t["status"]}, warn=log)
+                        tags={"randommask.dataset": t["dataset"], "randommask.status": t["status"]},
+                        warn=lambda _: None)
+        if child.run_id is None:  # the server stopped answering part-way: one line, not one per trial
+            log(_unlogged(uri, out, f"after {name}'s run could not be opened"))
+            return
+        child.warn = log
         if not child.created:  # logged by an earlier run of this command (or the server is down: kept)
             child.close("FINISHED" if t["status"] == "ok" else "FAILED")
             continue
@@ -50,3 +64,8 @@ def log_finetune(uri: str, out: str, checkpoint: str, trials: list[dict[str, Any
              for row in results.get("datasets", []) if row.get("score_mean") is not None}
     parent.log_metrics(means, 0)
     parent.close("FINISHED")
+
+
+def _unlogged(uri: str, out: str, when: str = "") -> str:
+    return (f"warning: MLflow at {uri} did not answer{' ' + when if when else ''}: this fine-tuning is not (fully) "
+            f"logged; its results are in {out}, and the same command run again logs them without running a trial")

@@ -245,7 +245,7 @@ def sweep(path: str, overrides: list[str] | None = None, log=print, mlflow_uri: 
     results = tuner.fit()
     out = _write_outputs(cfg, base, results, root, runs_uri)
     if parent is not None:
-        _close_parent(parent, cfg, out)
+        _close_parent(parent, cfg, out, runs_uri)
     return out
 
 
@@ -266,7 +266,27 @@ def _parent_run(cfg: SweepConfig, base: dict, root: str, mlflow_uri: str | None,
     return parent
 
 
-def _close_parent(parent, cfg: SweepConfig, out: dict[str, Any]) -> None:
+def end_trial_runs(parent, trials: list[dict[str, Any]], runs_uri: str) -> None:
+    """End the MLflow runs of the trials that did not finish (``status`` stopped or error)."""
+    from randommask.common.tracking import Tracker, numeric
+
+    for row in trials:
+        if row["status"] == "done":
+            continue  # its pretraining ended its MLflow run itself
+        # A trial ASHA stopped, or one that failed, never reached its own close: end its run here,
+        # after the lines it could not send before it was stopped (a slow server's last ones), from
+        # its metrics.jsonl; steps the MLflow run holds are skipped.
+        run_dir = RunDir.of(runs_uri, row["run"])
+        child = Tracker(parent.uri, parent.experiment, row["run"], key=run_dir.uri, parent_run_id=parent.run_id,
+                        warn=parent.warn)
+        for line in run_dir.read_metrics():
+            child.log_metrics(numeric(line), int(line["step"]))
+        child.set_tags({"randommask.trial_status": row["status"]})
+        child.close("KILLED" if row["status"] == "stopped" else "FAILED")
+
+
+def _close_parent(parent, cfg: SweepConfig, out: dict[str, Any], runs_uri: str) -> None:
+    end_trial_runs(parent, out["trials"], runs_uri)
     for key in ("trials_csv", "best_yaml", "curves"):
         if out.get(key) and storage.exists(out[key]):
             parent.log_bytes(storage.read_bytes(out[key]), posixpath.basename(out[key]))
