@@ -55,11 +55,12 @@ def test_the_finetuning_card_states_comparability_and_the_majority_class():
               "test": {"mcc": 0.51234, "f1_macro": 0.7, "accuracy": 0.75}, "dev_best": {"mcc": 0.5, "loss": 0.6}}
     base = {"init_from": "s3://b/run/final", "weights_sha256": "a" * 64,
             "parent": {"run": "rm-s0", "version": "0.1.0", "masking": "randommask", "steps": 16000, "tokens": 10**8}}
-    card = ModelCard(finetune_card(result, base, ref, license_id="apache-2.0"))
+    card = ModelCard(finetune_card(result, base, ref, k=4, license_id="apache-2.0"))
     assert card.data.license == "apache-2.0" and "lora-merged" in card.data.tags
     assert "Comparable with the published GUE numbers." in card.text
     assert "pretraining run `rm-s0`" in card.text and "16,000 steps" in card.text and "0.5123" in card.text
     assert "| accuracy | 0.75 | — | 0.75 | — |" in card.text  # the classifier is no better than the majority class
-    sub = ModelCard(finetune_card({**result, "max_train": 200}, {**base, "parent": None}, ref))
+    assert "seq[i:i + 4] for i in range(len(seq) - 3)" in card.text  # the checkpoint's k, not DNABERT's 6
+    sub = ModelCard(finetune_card({**result, "max_train": 200}, {**base, "parent": None}, ref, k=6))
     assert "Not comparable with the published GUE numbers: the data were subsampled" in sub.text
     assert "License: not stated" in sub.text

@@ -24,7 +24,7 @@ def majority_reference(test_labels: list[int] | Any) -> dict[str, float]:
     return gue.scores(labels, np.full_like(labels, majority))
 
 
-def finetune_card(result: dict[str, Any], base: dict[str, Any], reference: dict[str, float],
+def finetune_card(result: dict[str, Any], base: dict[str, Any], reference: dict[str, float], k: int,
                   license_id: str = "other") -> str:
     """The card of the model a trial selected. ``result`` is the trial's record, ``base`` the lineage of
     the pretrained checkpoint (``common.modelcard.lineage``: its URI, weights digest, its card's block)."""
@@ -61,7 +61,7 @@ def finetune_card(result: dict[str, Any], base: dict[str, Any], reference: dict[
     why_not = comparability(result["protocol"], result.get("max_train"), result.get("max_eval"))
     sections = [
         ("Model", what),
-        ("How to load", _how_to_load(ds.classes)),
+        ("How to load", _how_to_load(ds.classes, k)),
         ("Data", table(["split", "rows used"], [("train", f"{ran['n_train']:,}"), ("dev", f"{ran['n_dev']:,}"),
                                                 ("test", f"{ran['n_test']:,}")])
          + f"\n\nSequences of about {ds.length_bp} bp, at most {ran['max_tokens']} tokens."
@@ -87,14 +87,14 @@ def finetune_card(result: dict[str, Any], base: dict[str, Any], reference: dict[
     return render(metadata, f"GUE {result['dataset']} classifier (seed {result['seed']})", sections)
 
 
-def _how_to_load(classes: int) -> str:
+def _how_to_load(classes: int, k: int) -> str:
     return f"""```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 tok = AutoTokenizer.from_pretrained("PATH")       # this directory (or its Hub repository)
 model = AutoModelForSequenceClassification.from_pretrained("PATH")
 seq = "ACGTACGTTAGC..."
-kmers = " ".join(seq[i:i + 6] for i in range(len(seq) - 5))  # overlapping 6-mers, DNABERT's input form
+kmers = " ".join(seq[i:i + {k}] for i in range(len(seq) - {k - 1}))  # overlapping {k}-mers, DNABERT's input form
 label = model(**tok(kmers, return_tensors="pt")).logits.argmax(-1)  # one of {classes} classes
 ```"""
 

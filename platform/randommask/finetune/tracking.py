@@ -16,14 +16,13 @@ from randommask.common.tracking import DEFAULT_EXPERIMENT, Tracker, numeric
 
 def log_finetune(uri: str, out: str, checkpoint: str, trials: list[dict[str, Any]], results: dict[str, Any],
                  storage_options: dict | None = None, experiment: str = DEFAULT_EXPERIMENT, log=print) -> None:
-    said: list[str] = []
-    parent = Tracker(uri, experiment, f"finetune {out}", key=out, tags={"randommask.finetune": out}, warn=said.append)
+    # Quiet while opening: a server that does not answer gets one line here, not the tracker's own.
+    parent = Tracker(uri, experiment, f"finetune {out}", key=out, tags={"randommask.finetune": out},
+                     warn=lambda _: None)
     if parent.run_id is None:
         log(_unlogged(uri, out))
         return
     parent.warn = log
-    for line in said:
-        log(line)
     parent.log_params({"checkpoint": checkpoint, "protocol": results.get("protocol"),
                        "selection": results.get("selection")})
     for t in trials:

@@ -26,12 +26,16 @@ MICRO_BATCH = 32
 
 def trial_file(out: str, name: str, seed: int) -> str:
     """Where a finished (dataset, seed) trial's result lives: local or on S3, beside results.*."""
-    return storage.join(out, "trials", f"{name.replace('/', '_')}__seed{seed}.json")
+    return storage.join(out, "trials", f"{_trial_name(name, seed)}.json")
 
 
 def model_dir(out: str, name: str, seed: int) -> str:
     """Where ``--save-models`` puts a trial's selected model, with its card: a Hugging Face directory."""
-    return storage.join(out, "models", f"{name.replace('/', '_')}__seed{seed}")
+    return storage.join(out, "models", _trial_name(name, seed))
+
+
+def _trial_name(name: str, seed: int) -> str:
+    return f"{name.replace('/', '_')}__seed{seed}"
 
 
 @torch.no_grad()
@@ -158,7 +162,7 @@ def save_model(model, tok: KmerTokenizer, ckpt: str, p: dict[str, Any], result: 
     if p.get("lora"):
         model = model.merge_and_unload()
     base = lineage(p["checkpoint"], ckpt)
-    card = finetune_card(result, base, majority_reference(test_labels.numpy()),
+    card = finetune_card(result, base, majority_reference(test_labels.numpy()), k=tok.k,
                          license_id=str(read_metadata(ckpt).get("license") or "other"))
     uri = model_dir(p["out"], result["dataset"], int(p["seed"]))
     with tempfile.TemporaryDirectory() as d:
