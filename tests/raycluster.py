@@ -163,8 +163,10 @@ class RayHead(RayNode):
 
     def drain(self, name: str, reason: str, deadline_s: int = 30) -> subprocess.CompletedProcess:
         """Ray's drain request for node ``name``, as KubeRay's autoscaler or a cloud's notice sends it."""
+        node = self.node_id(name)
+        assert node is not None, f"node {name} is not alive: there is nothing to drain"
         return subprocess.run([BIN / "ray", "drain-node", "--address", self.gcs_address, "--node-id",
-                               self.node_id(name), "--reason", reason, "--reason-message", "test",
+                               node, "--reason", reason, "--reason-message", "test",
                                "--deadline-remaining-seconds", str(deadline_s)],
                               env=self.env, capture_output=True, text=True, timeout=60)
 

@@ -178,11 +178,12 @@ def test_drain_notices_checkpoint_at_once_and_the_run_moves(cluster, prepared, t
     cluster.workers[second].proc.wait(60)
     cluster.add_node(second, num_cpus=2, resources={"trainer": 1}, env=SPOT_ENV)
     # Drains of the node that just joined, which runs no Train worker, must change nothing for the
-    # run: the autoscaler removing it as idle (accepted, or refused while a data task runs there),
-    # then a preemption notice for it (never refused; Ray Train only acts on its own workers' nodes).
-    idle = cluster.drain(second, "DRAIN_NODE_REASON_IDLE_TERMINATION", deadline_s=30)
+    # run: a preemption notice for it (never refused; Ray Train only acts on its own workers' nodes),
+    # then the autoscaler removing it as idle (accepted, and the node goes, or refused while a data
+    # task runs there). In this order: an accepted idle drain takes the node away at once.
     other = cluster.drain(second, "DRAIN_NODE_REASON_PREEMPTION", deadline_s=600)
     assert other.returncode == 0, other.stderr[-2000:]
+    idle = cluster.drain(second, "DRAIN_NODE_REASON_IDLE_TERMINATION", deadline_s=30)
     run.finish()
 
     events, lines = run.events(), run.metrics()
@@ -206,7 +207,7 @@ def test_drain_notices_checkpoint_at_once_and_the_run_moves(cluster, prepared, t
     # The run used both nodes, so also the one that was lost in the previous test and joined again.
     if getattr(cluster, "rejoined", None):
         assert cluster.rejoined in {e["node"] for e in events if "node" in e}
-    print(f"idle drain of the node without workers: {(idle.stdout + idle.stderr).strip()[-200:] or 'accepted'}; "
-          "its preemption drain: accepted, not noticed")
+    print("preemption drain of the node without workers: accepted, not noticed; its idle drain: "
+          f"{(idle.stdout + idle.stderr).strip()[-200:] or 'accepted'}")
     # (nodes on one machine share Ray's log directory, so each node's log monitor repeats a line)
     assert len({x for x in run.output().splitlines() if "preemption notice" in x}) == 2
