@@ -54,6 +54,7 @@ class RayNode:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path, ports: dict[str, int], worker_lo: int) -> None:
         self.env, self.log, self.ports = env, log, ports
+        self.ray_id: str | None = None  # its node id, set by RayHead.add_node once the GCS lists it
         self.metrics_port = ports["metrics"]
         self.proc = subprocess.Popen(
             [BIN / "ray", "start", "--block", f"--metrics-export-port={ports['metrics']}",
@@ -126,16 +127,22 @@ class RayHead(RayNode):
         """A worker node with ``resources`` and a ``node_<name>`` resource that identifies it."""
         worker_lo, ports = node_ports(self.COMPONENTS)
         tagged = {**resources, f"node_{name}": 1}
+        # A node of this name that was just lost stays ALIVE in the GCS until its health checks fail
+        # (seconds): the new node is the one with a node id not seen before it started.
+        before = {n["node_id"] for n in self.nodes() if f"node_{name}" in (n.get("resources_total") or {})}
         node = RayNode([f"--address={self.gcs_address}", f"--num-cpus={num_cpus}",
                         f"--object-store-memory={OBJECT_STORE_BYTES}", f"--resources={json.dumps(tagged)}"],
                        {**self.env, "RAY_ADDRESS": self.gcs_address, **(env or {})},
                        self.log.with_name(f"{name}.log"), ports, worker_lo)
         self.workers[name] = node
         deadline = time.monotonic() + wait
-        while self.node_id(name) is None:
+        while node.ray_id is None:
             if not node.alive() or time.monotonic() > deadline:
                 raise AssertionError(f"node {name} did not join: {node.log.read_text()[-3000:]}")
             time.sleep(1)
+            node.ray_id = next((n["node_id"] for n in self.nodes() if n.get("state") == "ALIVE"
+                                 and f"node_{name}" in (n.get("resources_total") or {})
+                                 and n["node_id"] not in before), None)
         return node
 
     def nodes(self) -> list[dict]:
@@ -148,11 +155,10 @@ class RayHead(RayNode):
         return json.loads(out.stdout)
 
     def node_id(self, name: str) -> str | None:
-        """The id of the live node called ``name`` (None while it has not joined)."""
-        for n in self.nodes():
-            if n.get("state") == "ALIVE" and f"node_{name}" in (n.get("resources_total") or {}):
-                return n["node_id"]
-        return None
+        """The id of the node ``name`` that this head started last, while it is alive (else None)."""
+        wanted = self.workers[name].ray_id if name in self.workers else None
+        alive = {n["node_id"] for n in self.nodes() if n.get("state") == "ALIVE"}
+        return wanted if wanted in alive else None
 
     def name_of(self, node_id: str) -> str | None:
         for n in self.nodes():

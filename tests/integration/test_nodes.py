@@ -8,7 +8,8 @@ tests of this module. Workers reach the worker nodes only through ``scaling.reso
 - a drain for preemption with a 30 s deadline, requested with `ray drain-node` and by SIGTERM to a
   node's `ray start` (a pod deleted on a reclaimed spot node): a checkpoint at the next step, nothing
   trained after it, and the run resumes there on the other node (also the node that joined again);
-  then drains of the node without the worker (for idleness, for preemption) change nothing.
+  then a preemption drain of the node without the worker changes nothing (Ray removes it at once
+  when nothing runs on it; else the autoscaler's idle drain follows).
 
 Each test prints its measured figures (steps lost, seconds from the fault to training again); the
 failure table in docs/pretraining.md comes from them. The driver is a `randommask pretrain` process
@@ -178,12 +179,15 @@ def test_drain_notices_checkpoint_at_once_and_the_run_moves(cluster, prepared, t
     cluster.workers[second].proc.wait(60)
     cluster.add_node(second, num_cpus=2, resources={"trainer": 1}, env=SPOT_ENV)
     # Drains of the node that just joined, which runs no Train worker, must change nothing for the
-    # run: a preemption notice for it (never refused; Ray Train only acts on its own workers' nodes),
-    # then the autoscaler removing it as idle (accepted, and the node goes, or refused while a data
-    # task runs there). In this order: an accepted idle drain takes the node away at once.
+    # run. A preemption notice for it is never refused (Ray Train acts only on its own workers'
+    # nodes); Ray then removes the node at once if nothing runs on it (death reason
+    # AUTOSCALER_DRAIN_PREEMPTED), or when it is idle or the deadline passes. If it is still there,
+    # the autoscaler's idle drain follows (accepted, and the node goes, or refused while a task runs).
     other = cluster.drain(second, "DRAIN_NODE_REASON_PREEMPTION", deadline_s=600)
     assert other.returncode == 0, other.stderr[-2000:]
-    idle = cluster.drain(second, "DRAIN_NODE_REASON_IDLE_TERMINATION", deadline_s=30)
+    time.sleep(5)
+    idle = None if cluster.node_id(second) is None else cluster.drain(
+        second, "DRAIN_NODE_REASON_IDLE_TERMINATION", deadline_s=30)
     run.finish()
 
     events, lines = run.events(), run.metrics()
@@ -207,7 +211,8 @@ def test_drain_notices_checkpoint_at_once_and_the_run_moves(cluster, prepared, t
     # The run used both nodes, so also the one that was lost in the previous test and joined again.
     if getattr(cluster, "rejoined", None):
         assert cluster.rejoined in {e["node"] for e in events if "node" in e}
-    print("preemption drain of the node without workers: accepted, not noticed; its idle drain: "
-          f"{(idle.stdout + idle.stderr).strip()[-200:] or 'accepted'}")
+    print("preemption drain of the node without workers: accepted, not noticed; "
+          + ("the node left at once" if idle is None else
+             f"its idle drain: {(idle.stdout + idle.stderr).strip()[-200:] or 'accepted'}"))
     # (nodes on one machine share Ray's log directory, so each node's log monitor repeats a line)
     assert len({x for x in run.output().splitlines() if "preemption notice" in x}) == 2

@@ -44,6 +44,9 @@ MANIFEST = "manifest.json"
 FORMAT = "randommask-shards"
 FORMAT_VERSION = 1
 DEFAULT_SHARD_BYTES = 256 << 20
+# Ray resources of one prepare task (one input file): what a cluster's CPU nodes must fit
+# (cluster/kuberay: the `cpu` worker group).
+TASK_CPUS = 1
 
 
 # ---- finding the inputs -------------------------------------------------------------------------
@@ -331,7 +334,7 @@ def prepare(sources: list[str], out: str, val_fraction: float = 0.01, seed: int 
     run_uri = storage.join(out, "shards", run)
 
     ensure_ray()
-    task = ray.remote(num_cpus=1, max_retries=2)(prepare_file)
+    task = ray.remote(num_cpus=TASK_CPUS, max_retries=2)(prepare_file)
     progress = _progress_actor()
     total_bytes = sum(i["size"] for i in inputs)
     refs = [task.remote(i, src["uri"], run_uri, storage_options, min_length, shard_bytes, progress)
