@@ -12,7 +12,8 @@
 # About 0.5 s per step alone on 2 CPUs (2.2 hours per run; measured on span-s0), so it runs in pieces: rerun it and it resumes where it
 # stopped (a pretraining from its last checkpoint; finished runs and zero-shot files are skipped).
 # After each piece it copies the small results to $KEEP (default docs/experiments/plateau-cpu) to be
-# committed. Run it from a separate clone at a fixed commit, so that edits do not change a run in flight:
+# committed, with history.txt: which commit ran each piece. Run it from a separate clone at a fixed
+# commit, so that edits do not change a run in flight:
 #   git clone . /tmp/plateau && cd /tmp/plateau && make venv && \
 #     KEEP=$OLDPWD/docs/experiments/plateau-cpu jobs/experiments/plateau-cpu.sh
 # SEEDS="0 1" ARMS="span randommask wide-now" narrow it; the order is seed by seed, so pairs finish first.
@@ -46,9 +47,12 @@ arm_settings() {  # the masking of each arm; everything else is plateau-cpu.yaml
   esac
 }
 
+note() {  # one line of $KEEP/history.txt: what ran, from which commit (runs span several clones)
+  echo "$(date -u +%Y-%m-%dT%H:%MZ) $* (commit $(git rev-parse --short HEAD))" >> "$KEEP/history.txt"
+}
+
 collect() {  # the small, durable results
   local run name  # not the loop's $run, which zeroshot is called with next
-  echo "runs made at commit $(git -C "$OUT" rev-parse HEAD 2>/dev/null || echo unknown) of randommask" > "$KEEP/provenance.txt"
   for run in "$OUT"/runs/*/; do
     name=$(basename "$run")
     [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$KEEP/$name.metrics.jsonl"
@@ -70,13 +74,13 @@ zeroshot() {  # the final and each 1,000-step checkpoint, on the same held-out p
   $RM zeroshot --help > /dev/null 2>&1 || return 0
   local run="$OUT/runs/$1" out="$OUT/zeroshot"
   mkdir -p "$out"
-  [ -f "$out/$1.zeroshot.json" ] || $RM zeroshot "$run/final" --prepared "$OUT/prepared" --positions "$POSITIONS" \
-      --seed 0 --out "$out/$1.zeroshot.json"
+  [ -f "$out/$1.zeroshot.json" ] || { note "$1: zeroshot of the final"; $RM zeroshot "$run/final" \
+      --prepared "$OUT/prepared" --positions "$POSITIONS" --seed 0 --out "$out/$1.zeroshot.json"; }
   for ckpt in "$run"/step_*/; do
     [ -d "$ckpt" ] || continue
     step=$(basename "$ckpt"); step=$((10#${step#step_}))
-    [ -f "$out/$1.step$step.zeroshot.json" ] || $RM zeroshot "$ckpt" --prepared "$OUT/prepared" \
-        --positions "$POSITIONS" --seed 0 --out "$out/$1.step$step.zeroshot.json"
+    [ -f "$out/$1.step$step.zeroshot.json" ] || { note "$1: zeroshot of step $step"; $RM zeroshot "$ckpt" \
+        --prepared "$OUT/prepared" --positions "$POSITIONS" --seed 0 --out "$out/$1.step$step.zeroshot.json"; }
   done
 }
 
@@ -101,6 +105,8 @@ for seed in $SEEDS; do
       parked=$(find "$PARKED/$run" -maxdepth 1 -name 'step_*' -type d 2>/dev/null | sort | tail -1 || true)
       # used only while outputs/ has no checkpoint of this run: Ray's own resume comes first
       resume=(); [ -z "$parked" ] || resume=(--set "run.resume_from=$parked")
+      own=$(find "$OUT/runs/$run" -maxdepth 1 -name 'step_*' -type d 2>/dev/null | sort | tail -1 || true)
+      note "$run: pretrain from ${own:-${parked:-step 0}}"
       # shellcheck disable=SC2046
       $RM pretrain "${common[@]}" --set "run.name=$run" --set "run.seed=$seed" $(arm_settings "$arm") "${resume[@]}"
     fi

@@ -46,8 +46,10 @@ def main(folder: str) -> None:
     out = ["# plateau-cpu: summary", "",
            "Written by `jobs/experiments/plateau_cpu_summary.py` from this folder; read with docs/experiments.md "
            "section 4 (the reading rule was written there before the runs finished).", ""]
-    if (d / "provenance.txt").exists():
-        out += [(d / "provenance.txt").read_text().strip() + ".", ""]
+    if (d / "history.txt").exists():  # which commit made each piece of each run
+        out += ["What made these results (history.txt: each pretraining piece and zero-shot scoring, with "
+                "the commit of the clone that ran it):", ""]
+        out += [f"- {line}" for line in (d / "history.txt").read_text().splitlines() if line.strip()] + [""]
     out += [f"References: per-base chance {math.log(4):.3f}; count tables (m bases each side) "
             + ", ".join(f"m={m} {v:.3f}" for m, v in sorted(tables.items()))
             + f"; overlap only ([MASK] loss of a reader that knows no DNA) span-k {fmt(floors.get('overlap_only_span_k'))}, "

@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import randommask
 from conftest import random_dna, run_cli, write_fasta
 from randommask import KmerTokenizer
+from randommask.common.checkpoints import weights_digest
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
 from randommask.inference.embed import embed
@@ -439,6 +441,9 @@ def test_zeroshot_reads_a_pretrained_model_against_the_count_tables(tiny_run, pr
     best = r["tables"][r["best_table"]]
     assert best == max(r["tables"].values()) and r["chance"] < best < -1.2  # E. coli flanks: a little over chance
     assert r["vs_best_table"] == pytest.approx(r["mean_log_p_ref"] - best, abs=2e-5)
+    # what produced it: these weights, this package, these settings
+    assert r["provenance"]["weights_sha256"] == weights_digest(str(run / "final"))
+    assert r["provenance"]["randommask"] == randommask.__version__ and r["provenance"]["settings"]["seed"] == 1
     assert "of the way from chance" in res.stdout and "best count table" in res.stdout
     again = run_cli("zeroshot", str(run / "final"), "--prepared", prepared, "--positions", "400", "--seed", "1",
                     "--out", str(tmp_path / "again.json"))

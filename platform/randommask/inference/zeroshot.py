@@ -30,6 +30,7 @@ from randommask.inference.centre import (
     masked_windows,
     strand_windows,
 )
+from randommask.inference.provenance import provenance
 
 
 def training_window(checkpoint: str) -> int | None:
@@ -140,7 +141,11 @@ def zeroshot(checkpoint: str, prepared: str, out: str, positions: int = 5000, se
               "mean_p_ref": round(float(np.exp(model).mean()), 5),
               "forward_mean_log_p_ref": round(float(forward.mean()), 5), "chance": round(-math.log(4), 5),
               "tables": {m: round(float(t.mean()), 5) for m, t in tables.items()},
-              "best_table": best, "vs_best_table": round(float(diff.mean()), 5), "vs_best_table_sem": sem(diff)}
+              "best_table": best, "vs_best_table": round(float(diff.mean()), 5), "vs_best_table_sem": sem(diff),
+              # what produced the figures: the weights' digest and the package version
+              "provenance": provenance("zeroshot", checkpoint, {"prepared": prepared, "positions": positions,
+                                                                "seed": seed, "window_bp": window, "strands": strands},
+                                       storage_options)}
     storage.write_bytes(out, (json.dumps(result, indent=1) + "\n").encode(), storage_options)
     return result
 
