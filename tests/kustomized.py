@@ -4,6 +4,7 @@ the CRD schemas in ../shared made strict, and the pods each object makes."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -165,3 +166,10 @@ def requests(pod: dict) -> dict[str, float]:
             total[r] = total.get(r, 0) + qty(v)
     return total
 
+
+
+def offered(group_spec: dict) -> dict[str, float]:
+    """The custom Ray resources a group's nodes offer: rayStartParams ``resources``, in KubeRay's
+    quoting (a JSON object inside double quotes), as `ray start --resources` gets it."""
+    text = group_spec.get("rayStartParams", {}).get("resources")
+    return json.loads(text.strip().strip('"').replace('\\"', '"')) if text else {}

@@ -239,9 +239,16 @@ def test_rerun_is_safe_and_failed_rerun_keeps_the_old_manifest(ray_local, tmp_pa
 
 
 def test_cli_prepare_reports_and_fails_in_one_line(tmp_path, lambda_phage):
-    ok = run_cli("data", "prepare", lambda_phage, "--out", tmp_path / "ok", "--no-progress")
+    # Each task also asks for a custom resource: here one every Ray head offers (a KubeRay cluster's
+    # CPU nodes offer randommask_cpu_node, which its prepare job asks for).
+    ok = run_cli("data", "prepare", lambda_phage, "--out", tmp_path / "ok", "--no-progress",
+                 "--resources", '{"node:__internal_head__": 0.01}')
     assert ok.returncode == 0, ok.stderr
     assert "prepared 1 records, 48,502 bp" in ok.stdout
+    wrong = run_cli("data", "prepare", lambda_phage, "--out", tmp_path / "w", "--resources", '{"CPU": 2}')
+    assert wrong.returncode == 2 and not (tmp_path / "w").exists()  # refused before Ray starts: one line
+    assert wrong.stderr.strip().splitlines() == ["randommask: error: --resources '{\"CPU\": 2}': CPU, GPU and "
+                                                 "memory are Ray's own; name custom resources only"]
     (tmp_path / "p.fa").write_text(">p\nMEEPMEEP\n")
     bad = run_cli("data", "prepare", tmp_path / "p.fa", "--out", tmp_path / "bad", "--no-progress")
     assert bad.returncode == 2

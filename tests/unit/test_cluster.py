@@ -264,6 +264,8 @@ def test_one_pinned_stack_for_the_tests_and_the_image():
     assert not set(gpu) & set(pins) and all(re.fullmatch(r"\d+(\.\d+)+(\.\*)?", v) for v in gpu.values()), gpu
     assert "COPY --chown=1000:100 cluster/constraints-gpu.txt ./constraints-gpu.txt" in docker
     assert re.search(r'if \[ "\$VARIANT" = gpu \]; then set -- -c constraints-gpu.txt; fi', docker)
+    # ARG VARIANT again after FROM, or $VARIANT is empty in RUN and the GPU pins are silently skipped
+    assert re.search(r"^FROM .*\n(.*\n)*ARG VARIANT\n(.*\n)*.*\$VARIANT\b", docker, re.M)
     assert '-c constraints.txt "$@"' in installs[0] and "pip freeze > installed-stack.txt" in docker
     assert re.search(r"^\$\(STAMP\): .*cluster/constraints\.txt", make, re.M)
 

@@ -7,6 +7,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import textwrap
 
 import pytest
@@ -26,11 +27,13 @@ from kustomized import (
     group,
     jobs,
     kustomize,
+    offered,
     qty,
     rendered,
     requests,
 )
-from randommask.data.prepare import TASK_CPUS
+from randommask.cli import build_parser
+from randommask.data.prepare import TASK_CPUS, parse_resources
 from randommask.training.observability import CONTROLLER_GAUGES, GAUGES, controller_figures
 
 __all__ = ["crd_validators", "rendered"]  # module fixtures (tests/kustomized.py)
@@ -68,18 +71,55 @@ def test_rayjobs_clean_up_retry_and_run_on_the_rayclusters_spec(rendered):
 
 
 def _sentences(text: str) -> list[str]:
-    return [" ".join(s.split()) for s in re.split(r"(?<=[.;:|])\s+|\n\s*\n|\n\s*[-#|]", text)]
+    return [" ".join(x.split()) for x in re.split(r"(?<=[.;])\s+", text) if x.strip()]
+
+
+def _deadline_claims(name: str, text: str) -> list[str]:
+    """What a file says about deadlines and retries, one unit each: a Markdown table row whole,
+    prose by sentence, YAML comments by sentence (a comment block counts as about the deadline when
+    it or the three lines after it mention one, as a comment above the deadline's patch does)."""
+    units = []
+    if name.endswith(".md"):
+        prose = [line for line in text.splitlines() if not line.startswith("|")]
+        units = [line for line in text.splitlines() if line.startswith("|")]
+        units += _sentences("\n".join(prose))
+    else:
+        lines = text.splitlines()
+        i = 0
+        while i < len(lines):
+            block = []
+            while i < len(lines) and "#" in lines[i]:
+                block.append(lines[i].split("#", 1)[1])
+                i += 1
+            if block:
+                about = "activeDeadlineSeconds" in "\n".join(lines[i:i + 3])
+                units += [("deadline: " if about else "") + x for x in _sentences(" ".join(block))]
+            i += 1
+    return [u for u in units if re.search(r"deadline", u, re.I) and re.search(r"\bretr", u, re.I)]
+
+
+def _says_retried(claim: str) -> bool:
+    """Whether any mention of a retry in ``claim`` is not negated ("not retried", "retries no")."""
+    for m in re.finditer(r"\bretr\w*", claim, re.I):
+        before, after = claim[max(0, m.start() - 40):m.start()], claim[m.end():m.end() + 4]
+        if not (re.search(r"\b(not|never|no)\b", before, re.I) or re.match(r"\s+no\b", after)):
+            return True
+    return False
 
 
 def test_no_doc_or_comment_says_a_deadline_is_retried(rendered):
     """KubeRay retries a failed RayJob (backoffLimit) unless it failed with DeadlineExceeded; the
     deadline counts from each attempt's start. Production jobs run for days: they have none."""
+    # the checker finds the claims this issue found (the old failure table row and dev comment)
+    assert _says_retried(_deadline_claims("x.md", "| a job stuck past its deadline (dev: 1 h) | failed, then "
+                                                  "retried as above |")[0])
+    old_dev = ("  - patch: |-   # a dev job that runs an hour is stuck: fail it, and let the retry resume\n"
+               "      - {op: add, path: /spec/activeDeadlineSeconds, value: 3600}\n")
+    assert _says_retried(_deadline_claims("x.yaml", old_dev)[0])
     files = [*REPO.glob("docs/*.md"), REPO / "README.md", *KUBERAY.rglob("*.yaml")]
-    claims = [(f.name, s) for f in files for s in _sentences(f.read_text())
-              if re.search(r"deadline", s, re.I) and re.search(r"\bretr(y|ied|ies)\b", s, re.I)]
-    assert claims, "the docs state what happens to a job past its deadline"
-    for where, sentence in claims:
-        assert re.search(r"\bnot\b|\bno\b|\bnever\b|n't", sentence, re.I), (where, sentence)
+    claims = [(f.name, c) for f in files for c in _deadline_claims(f.name, f.read_text())]
+    assert len(claims) >= 4, claims  # the failure table, section 5, the dev overlay, rayjobs.yaml
+    assert [c for c in claims if _says_retried(c[1])] == []
     table = (REPO / "docs" / "deploy-kuberay.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| a job past its deadline"))
     assert "DeadlineExceeded" in row and "not retried" in row, row
@@ -108,6 +148,27 @@ def test_cpu_work_has_a_cpu_group_and_data_prepare_starts_no_gpu_node(rendered, 
             assert gpu_nodes == 0 and group(spec, "cpu")["maxReplicas"] >= 1
         else:
             assert gpu_nodes == gpu_group(cluster)["maxReplicas"] > 0, name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_data_prepare_tasks_ask_for_what_only_cpu_nodes_offer(rendered, overlay):
+    """On any cluster of the overlay, the standing one too: each prepare task asks for a custom
+    resource that only the CPU group's nodes offer, so no GPU node can run it, and the autoscaler
+    never starts one for it (the CPU group has room for at least one task)."""
+    docs = rendered[overlay]
+    prepare = jobs(docs)["randommask-prepare"]
+    asked = parse_resources(build_parser().parse_args(["data", "prepare", *shlex.split(
+        prepare["spec"]["entrypoint"])[2:]]).resources)
+    assert asked, "data prepare asks for no custom resource"
+    for obj in docs:
+        for spec in cluster_specs(obj):
+            for g in spec["workerGroupSpecs"]:
+                offer = offered(g)
+                fits = all(offer.get(k, 0) >= v for k, v in asked.items())
+                has_gpu = any("gpu" in r for r in requests(g["template"]["spec"]))
+                assert fits != has_gpu, (overlay, obj["metadata"]["name"], g["groupName"], offer)
+                if fits:
+                    assert requests(g["template"]["spec"])["cpu"] >= TASK_CPUS
 
 
 def test_dev_runs_everything_on_its_one_cpu_group(rendered):
@@ -251,6 +312,16 @@ def test_the_ray_dashboard_reads_the_shipped_prometheus_and_grafana(rendered):
                 assert env["RAY_GRAFANA_IFRAME_HOST"].startswith("http://")
     guide = (REPO / "docs" / "deploy-kuberay.md").read_text()
     assert "--namespace prometheus-system" in guide and "RAY_GRAFANA_IFRAME_HOST" in guide
+    # Grafana refuses iframes unless embedding is allowed, and the iframes carry no login: the
+    # values the guide installs with allow both, for viewers only, and load our dashboards' label.
+    assert "-f cluster/monitoring/kube-prometheus-stack-values.yaml" in guide
+    values = yaml.safe_load((REPO / "cluster" / "monitoring" / "kube-prometheus-stack-values.yaml").read_text())
+    ini = values["grafana"]["grafana.ini"]
+    assert ini["security"]["allow_embedding"] is True
+    assert ini["auth.anonymous"] == {"enabled": True, "org_role": "Viewer"}
+    labelled = {k for o in rendered["monitoring"] if o["kind"] == "ConfigMap" for k in o["metadata"]["labels"].items()}
+    sidecar = values["grafana"]["sidecar"]["dashboards"]
+    assert (sidecar["label"], sidecar["labelValue"]) in labelled and sidecar["searchNamespace"] == "ALL"
 
 
 def test_dashboards_show_every_metric_and_ship_rays_own(rendered):

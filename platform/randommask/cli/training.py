@@ -115,15 +115,18 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     q.add_argument("--min-length", type=int, default=1, help="drop records shorter than this (bp)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.add_argument("--resources", metavar="JSON", help="Ray resources each task also asks for, e.g. "
+                   "'{\"randommask_cpu_node\": 1}' to run only on nodes that offer it (the KubeRay cpu group)")
     add_storage_options(q)
 
 
 def run_data(args: argparse.Namespace) -> None:
-    from randommask.data.prepare import prepare
+    from randommask.data.prepare import parse_resources, prepare
 
     t0 = time.perf_counter()
     m = prepare(args.sources, args.out, val_fraction=args.val_fraction, seed=args.seed, min_length=args.min_length,
-                storage_options=storage_options_from(args), show_progress=not args.no_progress)
+                storage_options=storage_options_from(args), show_progress=not args.no_progress,
+                resources=parse_resources(args.resources))
     t = m["totals"]
     print(f"prepared {t['records']} records, {t['bases']:,} bp from {t['files']} file(s) in "
           f"{time.perf_counter() - t0:.1f}s: train {t['train_bases']:,} bp, validation {t['validation_bases']:,} bp "

@@ -308,10 +308,30 @@ def read_manifest(prepared: str, storage_options: dict | None = None) -> dict[st
     return manifest
 
 
+def parse_resources(text: str | None) -> dict[str, float] | None:
+    """``--resources``: a JSON object of Ray resource names to positive amounts (None if not given)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--resources {text!r}: not JSON ({e.msg}); give an object such as "
+                        "'{\"randommask_cpu_node\": 1}'") from None
+    if not (isinstance(value, dict) and value and all(
+            isinstance(k, str) and k and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            for k, v in value.items())):
+        raise UserError(f"--resources {text!r}: give an object of resource names to positive amounts, "
+                        "such as '{\"randommask_cpu_node\": 1}'")
+    if {"CPU", "GPU", "memory"} & set(value):
+        raise UserError(f"--resources {text!r}: CPU, GPU and memory are Ray's own; name custom resources only")
+    return {k: float(v) for k, v in value.items()}
+
+
 def prepare(sources: list[str], out: str, val_fraction: float = 0.01, seed: int = 0, min_length: int = 1,
             storage_options: dict | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
-            show_progress: bool = True) -> dict[str, Any]:
-    """Prepare FASTA ``sources`` into shards and a manifest at ``out``; returns the manifest."""
+            show_progress: bool = True, resources: dict[str, float] | None = None) -> dict[str, Any]:
+    """Prepare FASTA ``sources`` into shards and a manifest at ``out``; returns the manifest. Each
+    task asks for TASK_CPUS and ``resources`` (custom Ray resources: where a cluster lets it run)."""
     import ray
 
     from randommask.common.ray_runtime import ensure_ray
@@ -334,7 +354,7 @@ def prepare(sources: list[str], out: str, val_fraction: float = 0.01, seed: int 
     run_uri = storage.join(out, "shards", run)
 
     ensure_ray()
-    task = ray.remote(num_cpus=TASK_CPUS, max_retries=2)(prepare_file)
+    task = ray.remote(num_cpus=TASK_CPUS, max_retries=2, resources=resources or None)(prepare_file)
     progress = _progress_actor()
     total_bytes = sum(i["size"] for i in inputs)
     refs = [task.remote(i, src["uri"], run_uri, storage_options, min_length, shard_bytes, progress)
