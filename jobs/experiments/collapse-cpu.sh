@@ -64,16 +64,7 @@ collect() {  # the small, durable results: what docs/experiments.md reads
 control() {  # the same initial weights as the pretraining of seed $1, and no pretraining
   local dir="$OUT/runs/no-pretraining-s$1/final"
   [ -f "$dir/config.json" ] && return
-  $PY - "$dir" "$1" <<'EOF'
-import sys, torch
-from randommask import KmerTokenizer
-from randommask.training.config import load_config
-from randommask.training.model import build_mlm
-cfg = load_config("jobs/configs/collapse-cpu.yaml")
-torch.manual_seed(int(sys.argv[2]))  # as the pretraining worker does before building the model
-build_mlm(cfg.model.preset, cfg.data.k, **cfg.model.overrides).save_pretrained(sys.argv[1])
-KmerTokenizer(cfg.data.k).save_pretrained(sys.argv[1])
-EOF
+  $PY jobs/experiments/control_init.py jobs/configs/collapse-cpu.yaml "$1" "$dir"
 }
 
 finetune() {

@@ -11,6 +11,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from plateau_downstream import section  # beside this script: sys.path[0] when it is run
+
 ARMS = ("span", "randommask", "wide-now")
 KEYS = ("eval_span_k_base_loss", "eval_span_2k_base_loss", "eval_span_k_mask_loss", "eval_span_2k_mask_loss")
 MAX_STEPS = 16000
@@ -95,6 +97,7 @@ def main(folder: str) -> None:
             finals = [runs[f"{a}-s{s}"][MAX_STEPS]["eval_span_k_base_loss"] for s in seeds if f"{a}-s{s}" in done]
             if len(finals) > 1:
                 out.append(f"\n{a}: seed spread of the span-k per-base loss {statistics.stdev(finals):.4f} ({len(finals)} seeds)")
+    out += section(d)
     if best is not None:
         out += ["", f"Best count table: {best:.3f} nats per base. A per-base loss below it is DNA knowledge beyond "
                 "counting flanks."]

@@ -5,7 +5,11 @@ tests/integration/test_tracking.py)."""
 import subprocess
 import sys
 
+import pytest
+
+from randommask.common import tracking
 from randommask.common.tracking import Tracker, numeric, tracking_uri
+from randommask.errors import UserError
 from randommask.tools.s3server import free_port
 
 
@@ -19,6 +23,41 @@ def test_off_unless_configured_and_mlflow_not_imported(monkeypatch):
     env = {"PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_none_turns_tracking_off_even_over_the_environment(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert tracking_uri("none") is None and tracking_uri(" NONE ") is None
+
+
+@pytest.mark.parametrize("uri", ["mlruns", "/tmp/mlruns", "file:///tmp/mlruns", "ftp://h/x"])
+def test_a_uri_mlflow_cannot_track_to_is_one_line_before_any_work(monkeypatch, uri, tmp_path):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(UserError, match="--mlflow-uri / tracking.mlflow_uri.*http\\(s\\)://host:port, or none"):
+        tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(UserError, match=r"\(MLFLOW_TRACKING_URI\)"):
+        tracking_uri(None)
+    # finetune refuses it before reading anything or writing --out (it used to fail after the trials)
+    from randommask.finetune.driver import finetune
+
+    with pytest.raises(UserError, match="MLflow tracking URI"):
+        finetune(str(tmp_path / "no-checkpoint"), str(tmp_path / "no-gue"), "tf/0", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_store_mlflow_cannot_open_costs_one_line(monkeypatch):
+    def refuse(uri):
+        raise RuntimeError("The filesystem tracking backend is in maintenance mode\nmore")
+
+    monkeypatch.setattr(tracking, "_quiet_client", refuse)
+    said: list[str] = []
+    t = Tracker("sqlite:///x.db", "randommask", "r", key="/runs/r", warn=said.append)
+    t.log_params({"a": 1})
+    t.log_metrics({"loss": 1.0}, 5)
+    t.close()
+    assert t.run_id is None and said == ["warning: MLflow cannot open sqlite:///x.db (The filesystem tracking "
+                                         "backend is in maintenance mode); nothing is tracked"], said
 
 
 def test_numeric_keeps_finite_numbers_only():

@@ -158,7 +158,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-models", action="store_true", help="keep each trial's selected model (LoRA merged) with "
                    "a model card under OUT/models/<dataset>__seed<k>/, a Hugging Face directory")
     p.add_argument("--mlflow-uri", help="log a parent run and one run per (dataset, seed) trial to this MLflow "
-                   "tracking server (default: MLFLOW_TRACKING_URI; none: no tracking)")
+                   "tracking server (default: MLFLOW_TRACKING_URI; none: off, even where that is set)")
     p.add_argument("--out", required=True)
     add_storage_options(p)
 
@@ -192,7 +192,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="sweep YAML (see jobs/configs/sweep-tiny.yaml, docs/sweeps.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep field")
     p.add_argument("--mlflow-uri", help="log the sweep and each trial to this MLflow tracking server "
-                   "(default: MLFLOW_TRACKING_URI; none: no tracking)")
+                   "(default: MLFLOW_TRACKING_URI; none: off, even where that is set)")
 
 
 def run_sweep(args: argparse.Namespace) -> None:
@@ -264,6 +264,32 @@ def run_analyze(args: argparse.Namespace) -> None:
     print(f"report   {os.path.join(args.out, 'report.html')} (.json, {', '.join(r['pngs'])})")
 
 
+def add_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="linear probes on frozen embeddings for GUE datasets, beside a bag of k-mers "
+                       "(docs/finetune.md)")
+    p.add_argument("checkpoint", help="a run's final/, a checkpoint step_*/, or any DNABERT-compatible directory "
+                   "(local or s3://)")
+    p.add_argument("--gue-dir", required=True, help="GUE root: <group>/<dataset>/{train,dev,test}.csv (local or s3://)")
+    p.add_argument("--tasks", default="all", help="'all' or comma-separated names or groups (as finetune)")
+    p.add_argument("--max-train", type=int, help="subsample training rows (default: all)")
+    p.add_argument("--max-eval", type=int, help="subsample test rows (default: all)")
+    p.add_argument("--window-bp", type=int, help="read sequences as windows of this many bases, k-mers shared by "
+                   "none (default: the checkpoint's run's data.window_bp when known; 0: whole sequences)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--out", required=True, help="the JSON file to write (local or s3://)")
+    add_storage_options(p)
+
+
+def run_probe(args: argparse.Namespace) -> None:
+    from randommask.evaluation.probe import probe
+
+    r = probe(args.checkpoint, args.gue_dir, args.tasks, args.out, max_train=args.max_train, max_eval=args.max_eval,
+              window_bp=args.window_bp, threads=args.threads, storage_options=storage_options_from(args))
+    print(f"mean     model {r['mean']['model']:.4f}, bag of {r['k']}-mers {r['mean']['kmer_bag']:.4f}, chance 0 "
+          f"({len(r['results'])} dataset(s); " + (f"windows of {r['window_bp']} bp)" if r["window_bp"] else "whole sequences)"))
+    print(f"out      {args.out}")
+
+
 def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], None]]:
     add_demo(sub)
     add_data(sub)
@@ -271,5 +297,6 @@ def register(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Na
     add_finetune(sub)
     add_sweep(sub)
     add_analyze(sub)
+    add_probe(sub)
     return {"demo": run_demo, "data": run_data, "pretrain": run_pretrain, "finetune": run_finetune,
-            "sweep": run_sweep, "analyze": run_analyze}
+            "sweep": run_sweep, "analyze": run_analyze, "probe": run_probe}

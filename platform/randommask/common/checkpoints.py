@@ -7,6 +7,7 @@ import hashlib
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from randommask.common import storage
 from randommask.errors import UserError
@@ -93,3 +94,13 @@ def weights_digest(local_dir: str) -> str:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def provenance(command: str, checkpoint: str, settings: dict[str, Any],
+               storage_options: dict | None = None) -> dict[str, Any]:
+    """The record of one run of ``command``: settings are the options that change the values."""
+    from randommask import __version__
+
+    return {"command": command, "checkpoint": checkpoint,
+            "weights_sha256": weights_digest(node_checkpoint(checkpoint, storage_options)),
+            "settings": dict(sorted(settings.items())), "randommask": __version__}

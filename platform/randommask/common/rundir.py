@@ -14,6 +14,7 @@ uses on it (local or ``s3://``, each call taking ``storage_options``).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from randommask.common import storage
@@ -54,6 +55,23 @@ def read_json(uri: str, storage_options: dict | None = None) -> Any:
     if not storage.exists(uri, storage_options):
         return None
     return json.loads(storage.read_bytes(uri, storage_options))
+
+
+def training_window(checkpoint: str) -> int | None:
+    """data.window_bp of the run a local checkpoint belongs to (its run's config.yaml), if any."""
+    import yaml
+
+    if not storage.is_local(checkpoint):
+        return None
+    p = Path(checkpoint).resolve()
+    for d in (p, *list(p.parents)[:3]):
+        cfg = d / CONFIG
+        if cfg.is_file():
+            try:
+                return int(yaml.safe_load(cfg.read_text())["data"]["window_bp"])
+            except (KeyError, TypeError, ValueError, yaml.YAMLError):
+                return None
+    return None
 
 
 class RunDir:

@@ -27,9 +27,30 @@ KEY_TAG = "randommask.key"
 PARAM_MAX = 6000  # MLflow's limit on a parameter value
 
 
+OFF = "none"  # given as the URI, tracking is off even where MLFLOW_TRACKING_URI is set
+SCHEMES = ("http", "https", "databricks", "sqlite", "postgresql", "mysql", "mssql")  # stores MLflow opens
+
+
 def tracking_uri(explicit: str | None = None) -> str | None:
-    """The tracking URI in force: the explicit one, else ``MLFLOW_TRACKING_URI``, else None (off)."""
-    return explicit or os.environ.get(ENV_URI) or None
+    """The tracking URI in force: the explicit one (``none``: off), else ``MLFLOW_TRACKING_URI``, else
+    None (off). A URI MLflow cannot track to is refused here, before any work, rather than by MLflow
+    with a traceback once the work is done."""
+    from urllib.parse import urlsplit
+
+    from randommask.errors import UserError
+
+    if explicit is not None and explicit.strip().lower() == OFF:
+        return None
+    uri = explicit or os.environ.get(ENV_URI) or None
+    if uri is None:
+        return None
+    scheme = urlsplit(uri).scheme.split("+")[0]
+    file_ok = scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() == "true"
+    if scheme not in SCHEMES and not file_ok:
+        where = "--mlflow-uri / tracking.mlflow_uri" if explicit else ENV_URI
+        raise UserError(f"MLflow tracking URI {uri!r} ({where}): not a tracking server or database MLflow opens; "
+                        f"give http(s)://host:port, or {OFF} for no tracking")
+    return uri
 
 
 def _quiet_client(uri: str):
@@ -70,7 +91,12 @@ class Tracker:
         self.pending: list[tuple[str, Callable[[], None]]] = []
         self.warned = False
         self.retry_at = 0.0
-        self.client = _quiet_client(uri)
+        try:
+            self.client = _quiet_client(uri)
+        except Exception as e:  # noqa: BLE001 - a store MLflow cannot open: one line, and the work goes on
+            self.warn(f"warning: MLflow cannot open {uri} ({str(e).splitlines()[0][:200]}); nothing is tracked")
+            self.client = None  # every later call is then a no-op
+            return
         self._call("open the run", self._open)
 
     # -- the run -------------------------------------------------------------------------------
@@ -94,6 +120,8 @@ class Tracker:
 
     def _call(self, what: str, fn: Callable[[], None]) -> None:
         """Run ``fn`` now if the server answers (after whatever is pending), else keep it."""
+        if self.client is None:
+            return
         self.pending.append((what, fn))
         if time.monotonic() < self.retry_at:
             return

@@ -37,6 +37,7 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
                         ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
+    uri = tracking_uri(mlflow_uri)  # a URI MLflow cannot use is refused now, not after the trials
     if storage.is_local(out):
         out = os.path.abspath(out)
     if storage.is_local(gue_dir):
@@ -103,7 +104,6 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
            "not_comparable": comparability(some.protocol, max_train, max_eval)}
     results = aggregate(trials, published, checkpoint, run)
     write_results(out, results, storage_options)
-    uri = tracking_uri(mlflow_uri)
     if uri is not None:  # MLflow is imported only here, with tracking on
         from randommask.finetune.tracking import log_finetune
 

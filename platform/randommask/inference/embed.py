@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from randommask.common.checkpoints import provenance
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
 from randommask.inference import provenance as prov_io
@@ -161,7 +162,7 @@ def embed(checkpoint: str, fasta: str, regions: str, out: str, pool: str = "mean
             if need > max_kmers:
                 raise UserError(f"--no-tile: region {r.name} ({r.chrom}:{r.start}-{r.end}) needs {need} k-mer tokens, "
                                 f"the model takes {max_kmers}; drop --no-tile to embed it in tiles")
-    prov = prov_io.provenance("embed", checkpoint, {"pool": pool, "layer": layer, "max_kmers": max_kmers,
+    prov = provenance("embed", checkpoint, {"pool": pool, "layer": layer, "max_kmers": max_kmers,
                                                     "tile": tile, "strands": strands}, storage_options)
     prov_io.claim(out, prov, overwrite, storage_options, log)
     done = runtime.written_keys(out, KEY, storage_options)

@@ -16,17 +16,6 @@ MANIFEST = "_provenance.json"  # a leading "_": Parquet readers (pyarrow, pandas
 METADATA_KEY = "randommask"
 
 
-def provenance(command: str, checkpoint: str, settings: dict[str, Any],
-               storage_options: dict | None = None) -> dict[str, Any]:
-    """The record of one run of ``command``: settings are the options that change the values."""
-    from randommask import __version__
-    from randommask.common.checkpoints import node_checkpoint, weights_digest
-
-    return {"command": command, "checkpoint": checkpoint,
-            "weights_sha256": weights_digest(node_checkpoint(checkpoint, storage_options)),
-            "settings": dict(sorted(settings.items())), "randommask": __version__}
-
-
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between two records in what makes the values (not the checkpoint's path, not
     the package version), one phrase each."""

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from randommask.common.checkpoints import provenance
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
 from randommask.inference import provenance as prov_io
@@ -172,7 +173,7 @@ def score_variants(checkpoint: str, fasta: str, vcf: str | None, out: str, windo
         raise UserError("--region reads an indexed VCF; filter a --variants table before passing it")
     plan = plan_vcf(vcf, regions, storage_options, log) if vcf is not None else None
     table = read_table(variants, storage_options) if variants is not None else []
-    prov = prov_io.provenance("score-variants", checkpoint, {"window_bp": window, "strands": strands, "k": tok.k,
+    prov = provenance("score-variants", checkpoint, {"window_bp": window, "strands": strands, "k": tok.k,
                                                              "stride": tok.stride}, storage_options)
     if out_vcf is not None and not out_vcf.endswith(".vcf.gz"):
         raise UserError(f"--out-vcf {out_vcf}: name it FILE.vcf.gz (it is bgzipped and tabix-indexed)")

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from randommask.common import rundir, storage
+from randommask.common.checkpoints import provenance
 from randommask.data.floors import BASE_TABLE_FLANKS, base_table, split_codes
 from randommask.data.tokenizer import INVALID
 from randommask.errors import UserError
@@ -30,24 +30,6 @@ from randommask.inference.centre import (
     masked_windows,
     strand_windows,
 )
-from randommask.inference.provenance import provenance
-
-
-def training_window(checkpoint: str) -> int | None:
-    """data.window_bp of the run a local checkpoint belongs to (its run's config.yaml), if any."""
-    import yaml
-
-    if not storage.is_local(checkpoint):
-        return None
-    p = Path(checkpoint).resolve()
-    for d in (p, *list(p.parents)[:3]):
-        cfg = d / rundir.CONFIG
-        if cfg.is_file():
-            try:
-                return int(yaml.safe_load(cfg.read_text())["data"]["window_bp"])
-            except (KeyError, TypeError, ValueError, yaml.YAMLError):
-                return None
-    return None
 
 
 def draw_positions(pieces: list[np.ndarray], n: int, half: int, seed: int) -> np.ndarray:
@@ -115,7 +97,7 @@ def zeroshot(checkpoint: str, prepared: str, out: str, positions: int = 5000, se
         raise UserError(f"--strands {strands}: choose one of {', '.join(STRANDS)}")
     tok, config = runtime.model_limits(checkpoint, storage_options)
     max_bp = (config.max_position_embeddings - 3) * tok.stride + tok.k
-    window = min(window_bp or training_window(checkpoint) or max_bp, max_bp)
+    window = min(window_bp or rundir.training_window(checkpoint) or max_bp, max_bp)
     window = centred_window(window)
     half = window // 2
     if half < max(BASE_TABLE_FLANKS) or window < tok.k:

@@ -251,11 +251,14 @@ def sweep(path: str, overrides: list[str] | None = None, log=print, mlflow_uri: 
 
 def _parent_run(cfg: SweepConfig, base: dict, root: str, mlflow_uri: str | None, log):
     """The sweep's MLflow run (None without tracking); the trials' configs name it as their parent."""
-    from randommask.common.tracking import DEFAULT_EXPERIMENT, Tracker, tracking_uri
+    from randommask.common.tracking import DEFAULT_EXPERIMENT, OFF, Tracker, tracking_uri
 
     tracking = base.setdefault("tracking", {})
-    uri = tracking_uri(mlflow_uri or tracking.get("mlflow_uri"))
+    asked = mlflow_uri or tracking.get("mlflow_uri")
+    uri = tracking_uri(asked)
     if uri is None:
+        if asked:  # "none": the trials too, whatever their nodes' MLFLOW_TRACKING_URI
+            tracking["mlflow_uri"] = OFF
         return None
     parent = Tracker(uri, tracking.get("experiment") or DEFAULT_EXPERIMENT, f"sweep {cfg.name}", key=root,
                      tags={"randommask.sweep": cfg.name}, warn=log)

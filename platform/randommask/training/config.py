@@ -138,7 +138,8 @@ class ObservabilitySection(Section):
 
 
 class TrackingSection(Section):
-    mlflow_uri: Optional[str] = Field(None, description="an MLflow tracking server (http(s)://host:port); default: "
+    mlflow_uri: Optional[str] = Field(None, description="an MLflow tracking server (http(s)://host:port); none: "
+                                      "off, even where MLFLOW_TRACKING_URI is set; default: "
                                       "MLFLOW_TRACKING_URI, else no tracking")
     experiment: str = Field("randommask", min_length=1, description="the MLflow experiment")
     parent_run_id: Optional[str] = Field(None, description="nest this run under an MLflow run (a sweep sets it)")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from randommask.common import rundir, storage
-from randommask.common.tracking import tracking_uri
+from randommask.common.tracking import OFF, tracking_uri
 from randommask.data.prepare import read_manifest
 from randommask.data.stream import build_plan
 from randommask.data.tokenizer import vocab_size_for
@@ -111,7 +111,7 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> dict[str, An
 
     cfg = absolute_paths(cfg)
     # MLFLOW_TRACKING_URI is read here, where the user set it: workers on other nodes get it in the config
-    cfg.tracking.mlflow_uri = tracking_uri(cfg.tracking.mlflow_uri)
+    cfg.tracking.mlflow_uri = tracking_uri(cfg.tracking.mlflow_uri) or OFF  # off stays off on every worker
     with storage.preflight():  # a wrong endpoint, key or path fails in seconds, before anything is written
         check_storage(cfg)
         check_init_from(cfg)
@@ -203,7 +203,7 @@ def summarize(cfg: PretrainConfig, seconds: float) -> dict[str, Any]:
     for key in SUMMARY_EVAL_KEYS:
         out[key] = evals[-1].get(key) if evals else None
     tracked = [e for e in run.read_events() if e.get("event") == "tracking"]
-    out["tracking"] = tracked[-1] if tracked and cfg.tracking.mlflow_uri else None
+    out["tracking"] = tracked[-1] if tracked and tracking_uri(cfg.tracking.mlflow_uri) else None
     return out
 
 

@@ -1,0 +1,116 @@
+"""`randommask probe`: windows that hold every k-mer once, pooled embeddings that match the windows'
+own, a bag of k-mers that finds a motif, and the command's output and bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from tests.conftest import run_cli
+
+from randommask.data.tokenizer import KmerTokenizer
+from randommask.errors import UserError
+from randommask.evaluation.probe import embed, kmer_bag, probe, windows_of
+
+BASES = np.array(list("ACGT"))
+
+
+def kmers(seq: str, k: int, stride: int) -> list[str]:
+    return [seq[i : i + k] for i in range(0, len(seq) - k + 1, stride)]
+
+
+@pytest.mark.parametrize("k,stride,window", [(6, 1, 24), (6, 1, 6), (3, 1, 10), (6, 2, 24), (6, 3, 13)])
+def test_windows_hold_each_kmer_exactly_once(k, stride, window):
+    rng = np.random.default_rng(0)
+    for length in (k, k + 1, window - 1, window, window + 1, 70, 101, 300):
+        seq = "".join(rng.choice(BASES, length))
+        ws = windows_of(seq, window, k, stride)
+        assert all(len(w) <= window for w in ws)
+        assert [x for w in ws for x in kmers(w, k, stride)] == kmers(seq, k, stride), (length, ws)
+
+
+def test_a_window_shorter_than_a_kmer_is_refused():
+    with pytest.raises(UserError, match="--window-bp 5: shorter than one 6-mer"):
+        windows_of("ACGTACGTAC", 5, 6)
+
+
+def test_windowed_embedding_is_the_token_weighted_mean_of_its_windows(tiny_checkpoint):
+    rng = np.random.default_rng(1)
+    seqs = ["".join(rng.choice(BASES, n)) for n in (24, 20, 70, 101)]
+    whole = embed(str(tiny_checkpoint), seqs)
+    win = embed(str(tiny_checkpoint), seqs, window_bp=24)
+    # a sequence that fits one window reads the same either way
+    np.testing.assert_allclose(win[:2], whole[:2], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(win[2], whole[2], atol=1e-3)  # longer ones do not: the model sees short windows
+    tok = KmerTokenizer.from_pretrained(str(tiny_checkpoint))
+    for i in (2, 3):
+        ws = windows_of(seqs[i], 24, 6)
+        sizes = np.array([tok.num_tokens(len(w)) for w in ws], dtype=np.float64)
+        expect = (embed(str(tiny_checkpoint), ws) * sizes[:, None]).sum(0) / sizes.sum()
+        np.testing.assert_allclose(win[i], expect, rtol=1e-4, atol=1e-5)
+
+
+def test_the_bag_counts_kmers():
+    bag = kmer_bag(["AAAAAAAA", "ACGTACGT"], 6).toarray()
+    tok = KmerTokenizer(6)
+    aaaaaa = tok.encode("AAAAAA")[1]
+    assert bag[0, aaaaaa] == 3 and bag[1, aaaaaa] == 0
+    assert bag.sum(1).tolist() == [5, 5]  # 3 k-mers + [CLS] + [SEP]
+
+
+def synthetic_gue(root, name="tf/0", n_train=400, n_test=200, motif="GATTACAGATTACA", seed=0, shuffle=False):
+    """A GUE-shaped dataset: label 1 rows carry ``motif`` somewhere in 101 random bases."""
+    rng = np.random.default_rng(seed)
+    d = root / name
+    d.mkdir(parents=True)
+    for split, n in (("train", n_train), ("dev", 50), ("test", n_test)):
+        rows = ["sequence,label"]
+        for _ in range(n):
+            seq = list(rng.choice(BASES, 101))
+            label = int(rng.integers(2))
+            if label:
+                at = int(rng.integers(0, 101 - len(motif)))
+                seq[at : at + len(motif)] = list(motif)
+            rows.append(f"{''.join(seq)},{int(rng.integers(2)) if shuffle else label}")
+        (d / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_the_bag_finds_a_motif_and_nothing_in_shuffled_labels(tiny_checkpoint, tmp_path):
+    gue = synthetic_gue(tmp_path / "gue")
+    synthetic_gue(tmp_path / "gue", "tf/2", seed=1, shuffle=True)
+    r = probe(str(tiny_checkpoint), str(gue), "tf/0,tf/2", str(tmp_path / "p.json"), window_bp=0, log=lambda _: None)
+    assert r["results"]["tf/0"]["kmer_bag"] > 0.8, r
+    assert abs(r["results"]["tf/2"]["kmer_bag"]) < 0.25 and abs(r["results"]["tf/2"]["model"]) < 0.25, r
+    assert r["window_bp"] is None and r["chance"] == 0.0
+    assert json.loads((tmp_path / "p.json").read_text()) == r
+
+
+def test_the_command_records_what_produced_it_and_reads_the_runs_window(tiny_checkpoint, tmp_path):
+    gue = synthetic_gue(tmp_path / "gue", n_train=120, n_test=60)
+    run = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint, run / "final")
+    (run / "config.yaml").write_text("data:\n  window_bp: 24\n")  # as pretraining writes it, beside final/
+    out = tmp_path / "probe.json"
+    p = run_cli("probe", str(run / "final"), "--gue-dir", str(gue), "--tasks", "tf/0", "--threads", "1",
+                "--out", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "probe    tf/0: mcc" in p.stdout and "windows of 24 bp" in p.stdout, p.stdout
+    r = json.loads(out.read_text())
+    assert r["window_bp"] == 24 and r["results"]["tf/0"]["n_train"] == 120 and r["results"]["tf/0"]["n_test"] == 60
+    prov = r["provenance"]
+    assert prov["command"] == "probe" and len(prov["weights_sha256"]) == 64 and prov["settings"]["window_bp"] == 24
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--window-bp", "4"], "--window-bp 4: shorter than one 6-mer; give at least 6"),
+    (["--max-train", "0"], "--max-train must be >= 1, got 0"),
+    (["--tasks", "tf/3"], "missing GUE dataset(s) tf/3"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path, args, message):
+    gue = synthetic_gue(tmp_path / "gue", n_train=40, n_test=20)
+    out = tmp_path / "probe.json"
+    p = run_cli("probe", str(tiny_checkpoint), "--gue-dir", str(gue), "--tasks", "tf/0", *args, "--out", str(out))
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("randommask: error: "), p.stderr
+    assert message in lines[0] and not out.exists(), p.stderr
