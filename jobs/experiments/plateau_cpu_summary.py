@@ -93,6 +93,22 @@ def main(folder: str) -> None:
                 v = {a: runs[f"{a}-s{s}"][MAX_STEPS][k] if f"{a}-s{s}" in done else None for a in ARMS}
                 out.append(f"| {s} | {k} | {fmt(v['span'])} | {fmt(v['randommask'])} | {fmt(v['wide-now'])} | "
                            f"{v['span'] - v['randommask']:+.3f} |")
+        out += ["", "The rule's items per seed pair: each arm's fall of the per-base losses from span's plateau "
+                "S to the end (the rule asks RandomMask for more than 0.01 on both), and zero-shot on the finals "
+                "(mean log P(ref); the rule asks RandomMask to beat span and the best table by 2 standard errors).",
+                "", "| seed | S | arm | span-k fall after S | span-2k fall after S | zero-shot | − best table |",
+                "|---|---:|---|---:|---:|---:|---:|"]
+        for s in pairs:
+            S = plateau(runs[f"span-s{s}"])
+            for a in ARMS:
+                ev = runs.get(f"{a}-s{s}")
+                if f"{a}-s{s}" not in done or S is None or S not in ev:
+                    continue
+                falls = [ev[S][k] - ev[MAX_STEPS][k] for k in KEYS[:2]]
+                z = zs.get(f"{a}-s{s}")
+                zcell = (f"{z['mean_log_p_ref']:.4f} ± {z['sem']:.4f} | {z['vs_best_table']:+.4f} ± "
+                         f"{z['vs_best_table_sem']:.4f}") if z else "– | –"
+                out.append(f"| {s} | {S:,} | {a} | {falls[0]:+.4f} | {falls[1]:+.4f} | {zcell} |")
         for a in ARMS:
             finals = [runs[f"{a}-s{s}"][MAX_STEPS]["eval_span_k_base_loss"] for s in seeds if f"{a}-s{s}" in done]
             if len(finals) > 1:
