@@ -87,12 +87,14 @@ def main(folder: str) -> None:
     if not pairs:
         out.append("No seed pair of `span` and `randommask` is complete yet: nothing is read against the rule.")
     else:
-        out += ["| seed | key | span | randommask | wide-now | span − randommask |", "|---|---|---:|---:|---:|---:|"]
+        out += ["| seed | key | span | randommask | wide-now | span − randommask | wide-now − randommask |",
+                "|---|---|---:|---:|---:|---:|---:|"]
         for s in pairs:
             for k in KEYS[:2]:
                 v = {a: runs[f"{a}-s{s}"][MAX_STEPS][k] if f"{a}-s{s}" in done else None for a in ARMS}
+                curriculum = f"{v['wide-now'] - v['randommask']:+.3f}" if v["wide-now"] is not None else "–"
                 out.append(f"| {s} | {k} | {fmt(v['span'])} | {fmt(v['randommask'])} | {fmt(v['wide-now'])} | "
-                           f"{v['span'] - v['randommask']:+.3f} |")
+                           f"{v['span'] - v['randommask']:+.3f} | {curriculum} |")
         out += ["", "The rule's items per seed pair: each arm's fall of the per-base losses from span's plateau "
                 "S to the end (the rule asks RandomMask for more than 0.01 on both), and zero-shot on the finals "
                 "(mean log P(ref); the rule asks RandomMask to beat span and the best table by 2 standard errors).",
