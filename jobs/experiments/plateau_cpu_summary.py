@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from plateau_downstream import section  # beside this script: sys.path[0] when it is run
+from plateau_rule import rule_section
 
 ARMS = ("span", "randommask", "wide-now")
 KEYS = ("eval_span_k_base_loss", "eval_span_2k_base_loss", "eval_span_k_mask_loss", "eval_span_2k_mask_loss")
@@ -115,6 +116,12 @@ def main(folder: str) -> None:
             finals = [runs[f"{a}-s{s}"][MAX_STEPS]["eval_span_k_base_loss"] for s in seeds if f"{a}-s{s}" in done]
             if len(finals) > 1:
                 out.append(f"\n{a}: seed spread of the span-k per-base loss {statistics.stdev(finals):.4f} ({len(finals)} seeds)")
+    late = {}
+    for name in runs:
+        steps = [d / f"{name}.step{st}.zeroshot.json" for st in range(MAX_STEPS - 2000, MAX_STEPS + 1, 1000)]
+        if all(p.exists() for p in steps):
+            late[name] = statistics.mean(json.loads(p.read_text())["mean_log_p_ref"] for p in steps)
+    out += rule_section(runs, zs, late, done, seeds, plateau, MAX_STEPS)
     out += section(d)
     if best is not None:
         out += ["", f"Best count table: {best:.3f} nats per base. A per-base loss below it is DNA knowledge beyond "
