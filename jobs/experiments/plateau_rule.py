@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 
+LAST_S = 12000  # the rule: a seed whose span has not plateaued by then cannot test the mechanism
 FALL = 0.01  # the rule: RandomMask's per-base losses fall by more than this after span's plateau
 METRICS = (("eval_span_k_base_loss", "span-k per base", -1), ("eval_span_2k_base_loss", "span-2k per base", -1),
            ("zeroshot", "zero-shot", 1))  # sign: +1 where higher is better
@@ -53,9 +54,10 @@ def rule_section(runs: dict, zs: dict, late: dict, done: set[str], seeds: list[s
                        else other + " better" if all(-x > spread for x in adv) else "cannot tell apart")
             verdicts[(other, k)] = reading
             out.append(f"| {other} | {label} | " + " | ".join(f"{x:+.4f}" for x in adv) + f" | {spread:.4f} | {reading} |")
-    falls, tables = [], []
+    falls, tables, plateaus = [], [], []
     for s in full:
         S = plateau(runs[f"span-s{s}"])
+        plateaus.append(f"seed {s}: {'none' if S is None else f'{S:,}'}")
         ev = runs[f"randommask-s{s}"]
         falls.append(S is not None and S in ev and all(ev[S][k] - ev[final][k] > FALL for k, _, _ in METRICS[:2]))
         z = zs[f"randommask-s{s}"]
@@ -65,7 +67,10 @@ def rule_section(runs: dict, zs: dict, late: dict, done: set[str], seeds: list[s
     wins = [label for k, label, _ in METRICS if verdicts[("wide-now", k)] == "RandomMask better"]
     curriculum = ("beats wide spans beyond the spread on " + ", ".join(wins)) if wins else \
         "beats wide spans beyond the spread on none of the three"
-    out += ["", f"- RandomMask keeps falling after span's plateau (> {FALL} on both per-base losses): "
+    out += ["", f"- Span's plateau S: {'; '.join(plateaus)}. The rule as written (for 15,000 steps) says a seed "
+            f"whose span has not plateaued by {LAST_S:,} cannot test the mechanism; with every arm run to "
+            f"{final:,}, plateau and 3,000 steps more allows S up to {final - 3000:,}.",
+            f"- RandomMask keeps falling after span's plateau (> {FALL} on both per-base losses): "
             f"{sum(falls)} of {len(full)} pairs.",
             f"- RandomMask's zero-shot beats the best count table by 2 standard errors: {sum(tables)} of {len(full)}.",
             f"- Ends better than span beyond the spread on all three metrics: {'yes' if better else 'no'}; "
