@@ -112,10 +112,6 @@ def main(folder: str) -> None:
                 zcell = (f"{z['mean_log_p_ref']:.4f} ± {z['sem']:.4f} | {z['vs_best_table']:+.4f} ± "
                          f"{z['vs_best_table_sem']:.4f}") if z else "– | –"
                 out.append(f"| {s} | {S:,} | {a} | {falls[0]:+.4f} | {falls[1]:+.4f} | {zcell} |")
-        for a in ARMS:
-            finals = [runs[f"{a}-s{s}"][MAX_STEPS]["eval_span_k_base_loss"] for s in seeds if f"{a}-s{s}" in done]
-            if len(finals) > 1:
-                out.append(f"\n{a}: seed spread of the span-k per-base loss {statistics.stdev(finals):.4f} ({len(finals)} seeds)")
     late = {}
     for name in runs:
         steps = [d / f"{name}.step{st}.zeroshot.json" for st in range(MAX_STEPS - 2000, MAX_STEPS + 1, 1000)]
