@@ -107,11 +107,13 @@ def main(folder: str) -> None:
                 ev = runs.get(f"{a}-s{s}")
                 if f"{a}-s{s}" not in done or S is None or S not in ev:
                     continue
-                falls = [ev[S][k] - ev[MAX_STEPS][k] for k in KEYS[:2]]
+                # S at the last step leaves nothing after it to fall: say so rather than print 0.
+                falls = [f"{ev[S][k] - ev[MAX_STEPS][k]:+.4f}" if S < MAX_STEPS else "– (S is the last step)"
+                         for k in KEYS[:2]]
                 z = zs.get(f"{a}-s{s}")
                 zcell = (f"{z['mean_log_p_ref']:.4f} ± {z['sem']:.4f} | {z['vs_best_table']:+.4f} ± "
                          f"{z['vs_best_table_sem']:.4f}") if z else "– | –"
-                out.append(f"| {s} | {S:,} | {a} | {falls[0]:+.4f} | {falls[1]:+.4f} | {zcell} |")
+                out.append(f"| {s} | {S:,} | {a} | {falls[0]} | {falls[1]} | {zcell} |")
     late = {}
     for name in runs:
         steps = [d / f"{name}.step{st}.zeroshot.json" for st in range(MAX_STEPS - 2000, MAX_STEPS + 1, 1000)]

@@ -59,7 +59,8 @@ def rule_section(runs: dict, zs: dict, late: dict, done: set[str], seeds: list[s
         S = plateau(runs[f"span-s{s}"])
         plateaus.append(f"seed {s}: {'none' if S is None else f'{S:,}'}")
         ev = runs[f"randommask-s{s}"]
-        falls.append(S is not None and S in ev and all(ev[S][k] - ev[final][k] > FALL for k, _, _ in METRICS[:2]))
+        if S is not None and S < final and S in ev:  # S at the last step: nothing after it to test
+            falls.append(all(ev[S][k] - ev[final][k] > FALL for k, _, _ in METRICS[:2]))
         z = zs[f"randommask-s{s}"]
         tables.append(z["vs_best_table"] > 2 * z["vs_best_table_sem"])
     better = all(verdicts[("span", k)] == "RandomMask better" for k, _, _ in METRICS)
@@ -71,11 +72,11 @@ def rule_section(runs: dict, zs: dict, late: dict, done: set[str], seeds: list[s
             f"whose span has not plateaued by {LAST_S:,} cannot test the mechanism; with every arm run to "
             f"{final:,}, plateau and 3,000 steps more allows S up to {final - 3000:,}.",
             f"- RandomMask keeps falling after span's plateau (> {FALL} on both per-base losses): "
-            f"{sum(falls)} of {len(full)} pairs.",
+            f"{sum(falls)} of the {len(falls)} pairs whose S leaves steps after it ({len(full) - len(falls)} cannot test it).",
             f"- RandomMask's zero-shot beats the best count table by 2 standard errors: {sum(tables)} of {len(full)}.",
             f"- Ends better than span beyond the spread on all three metrics: {'yes' if better else 'no'}; "
             f"within the spread on all three: {'yes' if within else 'no'}.",
-            "- By the rule: **" + ("the mechanism holds here" if better and all(falls) and all(tables)
+            "- By the rule: **" + ("the mechanism holds here" if better and falls and len(falls) == len(full) and all(falls) and all(tables)
                                    else "it fails" if within else "in between: read the items") + "**; the curriculum "
             + curriculum + "."]
     return out
