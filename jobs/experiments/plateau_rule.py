@@ -76,7 +76,7 @@ def rule_section(runs: dict, zs: dict, late: dict, done: set[str], seeds: list[s
             f"- RandomMask's zero-shot beats the best count table by 2 standard errors: {sum(tables)} of {len(full)}.",
             f"- Ends better than span beyond the spread on all three metrics: {'yes' if better else 'no'}; "
             f"within the spread on all three: {'yes' if within else 'no'}.",
-            "- By the rule: **" + ("the mechanism holds here" if better and falls and len(falls) == len(full) and all(falls) and all(tables)
+            "- By the rule: **" + ("the mechanism holds here" if better and len(falls) == len(full) and all(falls) and all(tables)
                                    else "it fails" if within else "in between: read the items") + "**; the curriculum "
             + curriculum + "."]
     return out
