@@ -10,6 +10,8 @@ import json
 import statistics
 from pathlib import Path
 
+from plateau_downstream_rule import rule_section  # beside this script: sys.path[0] when it is run
+
 ARMS = ("span", "randommask", "wide-now", "no-pretraining")
 PAIRS = (("randommask", "span"), ("wide-now", "span"), ("randommask", "wide-now"), ("span", "no-pretraining"),
          ("randommask", "no-pretraining"), ("wide-now", "no-pretraining"))
@@ -79,7 +81,7 @@ def section(d: Path) -> list[str]:
                 "A − B in test MCC: the mean over datasets, then each dataset in the tables' order.", "",
                 "| seed | A − B | probe: mean (per dataset) | fine-tuning: mean (per dataset) |", "|---|---|---|---|"]
         out += lines
-    return out
+    return out + rule_section(probes, tunes)
 
 
 def _paired(probes: dict, tunes: dict) -> list[str]:
