@@ -102,6 +102,17 @@ def test_the_command_records_what_produced_it_and_reads_the_runs_window(tiny_che
     assert prov["command"] == "probe" and len(prov["weights_sha256"]) == 64 and prov["settings"]["window_bp"] == 24
 
 
+def test_all_on_a_partial_copy_names_every_dataset_it_leaves_out(tiny_checkpoint, tmp_path):
+    gue = synthetic_gue(tmp_path / "gue", n_train=40, n_test=20)
+    out = tmp_path / "probe.json"
+    p = run_cli("probe", str(tiny_checkpoint), "--gue-dir", str(gue), "--tasks", "all", "--window-bp", "0",
+                "--threads", "1", "--out", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert list(r["results"]) == ["tf/0"] and len(r["skipped"]) == 27 and "tf/3" in r["skipped"], r["skipped"]
+    assert "skipping 27 dataset(s)" in p.stdout and "1 dataset(s), 27 skipped" in p.stdout, p.stdout
+
+
 @pytest.mark.parametrize("args,message", [
     (["--window-bp", "4"], "--window-bp 4: shorter than one 6-mer; give at least 6"),
     (["--max-train", "0"], "--max-train must be >= 1, got 0"),

@@ -286,7 +286,7 @@ def run_probe(args: argparse.Namespace) -> None:
     r = probe(args.checkpoint, args.gue_dir, args.tasks, args.out, max_train=args.max_train, max_eval=args.max_eval,
               window_bp=args.window_bp, threads=args.threads, storage_options=storage_options_from(args))
     print(f"mean     model {r['mean']['model']:.4f}, bag of {r['k']}-mers {r['mean']['kmer_bag']:.4f}, chance 0 "
-          f"({len(r['results'])} dataset(s); " + (f"windows of {r['window_bp']} bp)" if r["window_bp"] else "whole sequences)"))
+          f"({len(r['results'])} dataset(s), {len(r['skipped'])} skipped; " + (f"windows of {r['window_bp']} bp)" if r["window_bp"] else "whole sequences)"))
     print(f"out      {args.out}")
 
 

@@ -131,6 +131,8 @@ def probe(checkpoint: str, gue_dir: str, tasks: str, out: str, max_train: int | 
                         "test.csv)")
     if not present:
         raise UserError(f"{gue_dir}: none of the GUE datasets asked for is there")
+    if missing:  # `--tasks all` on a partial copy: each left out is named in the log and in the JSON
+        log(f"skipping {len(missing)} dataset(s) not in {gue_dir}: {', '.join(missing)}")
     if threads:
         torch.set_num_threads(threads)
     local = node_checkpoint(checkpoint, storage_options)
@@ -141,6 +143,7 @@ def probe(checkpoint: str, gue_dir: str, tasks: str, out: str, max_train: int | 
     settings = {"gue_dir": gue_dir, "datasets": present, "max_train": max_train, "max_eval": max_eval,
                 "window_bp": window}
     result: dict[str, Any] = {**settings, "k": tok.k, "chance": 0.0, "results": {},
+                              "skipped": {name: "not in gue_dir (needs train.csv, dev.csv, test.csv)" for name in missing},
                               "provenance": provenance("probe", checkpoint, settings, storage_options)}
     for name in present:
         t0 = time.perf_counter()
