@@ -10,7 +10,7 @@ import json
 import statistics
 from pathlib import Path
 
-from plateau_downstream_rule import rule_section  # beside this script: sys.path[0] when it is run
+from plateau_downstream_rule import per_seed, rule_section  # beside this script: sys.path[0] when it is run
 
 ARMS = ("span", "randommask", "wide-now", "no-pretraining")
 PAIRS = (("randommask", "span"), ("wide-now", "span"), ("randommask", "wide-now"), ("span", "no-pretraining"),
@@ -21,16 +21,16 @@ def _load(d: Path, kind: str) -> dict[str, dict]:
     return {p.name.split(".")[0]: json.loads(p.read_text()) for p in sorted(d.glob(f"*.{kind}.json"))}
 
 
+def _finetune_scores(r: dict) -> dict[str, list[float]]:
+    """dataset -> the test scores of its fine-tuning seeds, in seed order."""
+    return {ds: list(v.values()) for ds, v in per_seed(r).items()}
+
+
 def _order(names) -> list[str]:
     def key(n: str):
         arm, seed = n.rsplit("-s", 1)
         return (int(seed) if seed.isdigit() else 99, ARMS.index(arm) if arm in ARMS else 9, n)
     return sorted(names, key=key)
-
-
-def _finetune_scores(r: dict) -> dict[str, list[float]]:
-    """dataset -> the test scores of its fine-tuning seeds."""
-    return {ds["dataset"]: [v for _, v in sorted(ds.get("per_seed", {}).items())] for ds in r["datasets"]}
 
 
 def _mean_sd(xs: list[float]) -> str:

@@ -11,9 +11,9 @@ ARMS = ("span", "randommask", "wide-now")
 CONTROL = "no-pretraining"
 
 
-def _ft(r: dict) -> dict[str, dict[str, float]]:
-    """dataset -> {fine-tuning seed: test score}."""
-    return {ds["dataset"]: dict(ds.get("per_seed", {})) for ds in r["datasets"]}
+def per_seed(r: dict) -> dict[str, dict[str, float]]:
+    """dataset -> {fine-tuning seed: test score}, in seed order, from a {run}.finetune.json."""
+    return {ds["dataset"]: dict(sorted(ds.get("per_seed", {}).items())) for ds in r["datasets"]}
 
 
 def _ft_mean(scores: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -27,10 +27,12 @@ def _sd(xs) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def _reading(diffs: list[float], spread: float, better: str, worse: str) -> str:
-    if all(x > spread for x in diffs):
+def _reading(diffs: list[float], spreads: list[float], better: str, worse: str) -> str:
+    """``better`` where every pair's difference is above its spread, ``worse`` where every one is below
+    minus it."""
+    if all(d > sp for d, sp in zip(diffs, spreads)):
         return better
-    if all(-x > spread for x in diffs):
+    if all(-d > sp for d, sp in zip(diffs, spreads)):
         return worse
     return "cannot tell apart"
 
@@ -44,7 +46,7 @@ def rule_section(probes: dict, tunes: dict) -> list[str]:
     if len(full) < 2:
         return []
     arms = [a for a in ARMS if all(have(a, s) for s in full)]
-    ft = {a: {s: _ft(tunes[f"{a}-s{s}"]) for s in full} for a in arms + [CONTROL]}
+    ft = {a: {s: per_seed(tunes[f"{a}-s{s}"]) for s in full} for a in arms + [CONTROL]}
     datasets = list(ft["span"][full[0]])
     out = ["", f"## The downstream reading rule, item by item ({len(full)} complete seeds: {', '.join(full)})", "",
            "*Does a pretraining help?* Final − the same seed's control, fine-tuning test MCC, per seed pair "
@@ -61,16 +63,14 @@ def rule_section(probes: dict, tunes: dict) -> list[str]:
                 xa, xc = (_ft_mean(x), _ft_mean(c)) if ds == "mean" else (x.get(ds, {}), c.get(ds, {}))
                 diffs.append(statistics.mean(xa.values()) - statistics.mean(xc.values()))
                 spreads.append(max(_sd(xa.values()), _sd(xc.values())))
-            ok = [d - sp for d, sp in zip(diffs, spreads)]
-            reading = ("helps" if all(x > 0 for x in ok) else "hurts" if all(d + sp < 0 for d, sp in zip(diffs, spreads))
-                       else "cannot tell apart")
-            cells.append(", ".join(f"{d:+.3f} ({sp:.3f})" for d, sp in zip(diffs, spreads)) + f": {reading}")
+            cells.append(", ".join(f"{d:+.3f} ({sp:.3f})" for d, sp in zip(diffs, spreads)) + ": "
+                         + _reading(diffs, spreads, "helps", "hurts"))
         out.append(f"| {'**mean**' if ds == 'mean' else ds} | " + " | ".join(cells) + " |")
     probe_rows = []
     for a in arms:
         diffs = [probes[f"{a}-s{s}"]["mean"]["model"] - probes[f"{CONTROL}-s{s}"]["mean"]["model"] for s in full]
         probe_rows.append(f"{a} " + ", ".join(f"{d:+.3f}" for d in diffs) + ": "
-                          + _reading(diffs, 0.0, "helps", "hurts"))
+                          + _reading(diffs, [0.0] * len(diffs), "helps", "hurts"))
     out += ["", "Probe (mean over datasets; one probe per model, so no fine-tuning spread: the sign in every pair): "
             + "; ".join(probe_rows) + "."]
     zeros = [sum(v == 0.0 for xs in ft[CONTROL][s].values() for v in xs.values()) for s in full]
@@ -90,7 +90,7 @@ def rule_section(probes: dict, tunes: dict) -> list[str]:
         for kind in ("probe", "fine-tuning"):
             diffs = [x - y for x, y in zip(means["randommask"][kind], means[other][kind])]
             spread = max(_sd(means["randommask"][kind]), _sd(means[other][kind]))
-            readings.append(_reading(diffs, spread, "RandomMask better", f"{other} better"))
+            readings.append(_reading(diffs, [spread] * len(diffs), "RandomMask better", f"{other} better"))
             out.append(f"| {other} | {kind} | " + " | ".join(f"{d:+.3f}" for d in diffs) + f" | {spread:.3f} | "
                        + readings[-1] + " |")
         # The rule asks for both measures: a representation better on one and not the other is "in between".

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -116,6 +117,22 @@ def available(gue_dir: str, names: list[str], storage_options: dict | None = Non
     for name in names:
         ok = all(storage.exists(storage.join(gue_dir, name, f"{s}.csv"), storage_options) for s in SPLITS)
         (present if ok else missing).append(name)
+    return present, missing
+
+
+def select(gue_dir: str, tasks: str, storage_options: dict | None = None,
+           log: Callable[[str], None] = print) -> tuple[list[str], list[str]]:
+    """(present, missing) for ``--tasks``: a dataset asked for by name must be in ``gue_dir``; with
+    ``all``, the ones not there are skipped and named in ``log`` (the caller records them too)."""
+    names, all_mode = resolve_names(tasks)
+    present, missing = available(gue_dir, names, storage_options)
+    if missing and not all_mode:
+        raise UserError(f"{gue_dir}: missing GUE dataset(s) {', '.join(missing)} (each needs train.csv, dev.csv, "
+                        "test.csv)")
+    if not present:
+        raise UserError(f"{gue_dir}: none of the GUE datasets asked for is there")
+    if missing:
+        log(f"skipping {len(missing)} dataset(s) not in {gue_dir}: {', '.join(missing)}")
     return present, missing
 
 

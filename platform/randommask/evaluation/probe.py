@@ -124,15 +124,7 @@ def probe(checkpoint: str, gue_dir: str, tasks: str, out: str, max_train: int | 
             raise UserError(f"{flag} must be >= 1, got {value}")
     if window_bp is not None and window_bp < 0:
         raise UserError(f"--window-bp must be >= 0 (0: whole sequences), got {window_bp}")
-    names, all_mode = gue.resolve_names(tasks)
-    present, missing = gue.available(gue_dir, names, storage_options)
-    if missing and not all_mode:
-        raise UserError(f"{gue_dir}: missing GUE dataset(s) {', '.join(missing)} (each needs train.csv, dev.csv, "
-                        "test.csv)")
-    if not present:
-        raise UserError(f"{gue_dir}: none of the GUE datasets asked for is there")
-    if missing:  # `--tasks all` on a partial copy: each left out is named in the log and in the JSON
-        log(f"skipping {len(missing)} dataset(s) not in {gue_dir}: {', '.join(missing)}")
+    present, missing = gue.select(gue_dir, tasks, storage_options, log)
     if threads:
         torch.set_num_threads(threads)
     local = node_checkpoint(checkpoint, storage_options)

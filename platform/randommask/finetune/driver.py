@@ -42,14 +42,7 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
         out = os.path.abspath(out)
     if storage.is_local(gue_dir):
         gue_dir = os.path.abspath(gue_dir)
-    names, all_mode = gue.resolve_names(tasks)
-    present, missing = gue.available(gue_dir, names, storage_options)
-    if missing and not all_mode:
-        raise UserError(f"{gue_dir}: missing GUE dataset(s) {', '.join(missing)} (each needs train.csv, dev.csv, test.csv)")
-    if missing:
-        log(f"skipping {len(missing)} dataset(s) not in {gue_dir}: {', '.join(missing)}")
-    if not present:
-        raise UserError(f"{gue_dir}: none of the asked GUE datasets is there")
+    present, _ = gue.select(gue_dir, tasks, storage_options, log)
     if lr is not None and lr <= 0:
         raise UserError(f"--lr must be > 0, got {lr}")
     plans = {name: protocols.plan(gue.REGISTRY[name], protocol, epochs, lr, batch_size) for name in present}
