@@ -58,7 +58,7 @@ def run_pretrain(args: argparse.Namespace) -> None:
 
 
 def _pretrain_and_report(cfg) -> None:
-    from randommask.data.floors import best_table
+    from randommask.data.floors import best_counting
     from randommask.training.driver import pretrain
 
     c = cfg
@@ -80,10 +80,11 @@ def _pretrain_and_report(cfg) -> None:
         print(f"         overlap only (a perfect reader of the visible bases that knows no DNA): span-k "
               f"{f['overlap_only_span_k']:.3f} | span-2k {f['overlap_only_span_2k']:.3f}")
     if s.get("eval_span_k_base_loss") is not None:
-        best = best_table(f)
-        table = f"best count table {best[1]:.3f} ({best[0]} base(s) each side)" if best else "no count table"
+        lines = {name: best_counting(f, name) for name in ("span_k", "span_2k")}
+        table = " | ".join(f"{name.replace('_', '-')} {b[1]:.3f}" for name, b in lines.items() if b) or "none"
         print(f"per base eval span-k {s['eval_span_k_base_loss']:.3f} | span-2k {s['eval_span_2k_base_loss']:.3f} nats "
-              f"per hidden base; chance {math.log(4):.3f}, {table}: below the table is DNA knowledge beyond counting")
+              f"per hidden base; chance {math.log(4):.3f}; best counting in each set's geometry {table}: "
+              "below it is DNA knowledge beyond counting")
     if f.get("context_free") is not None:
         line = f"floors   context-free floor {f['context_free']:.3f} ({f['k']}-mer frequencies, no context)"
         if f.get("eval_span_k_overlap") is not None:
@@ -254,9 +255,10 @@ def run_analyze(args: argparse.Namespace) -> None:
             if loss.get("floor_context_free") is not None:
                 line += f" (context-free floor {loss['floor_context_free']:.3f})"
         if loss.get("final_eval_span_k_base_loss") is not None:
-            table = loss.get("best_table_base_loss")
+            lines = (loss.get("best_counting_span_k"), loss.get("best_counting_span_2k"))
             line += (f"  per base span-k {loss['final_eval_span_k_base_loss']:.3f} span-2k "
-                     f"{loss['final_eval_span_2k_base_loss']:.3f}" + (f" (best table {table:.3f})" if table else ""))
+                     f"{loss['final_eval_span_2k_base_loss']:.3f}"
+                     + (f" (best counting {lines[0]:.3f} / {lines[1]:.3f})" if None not in lines else ""))
         line += f"  emb silhouette {emb['silhouette_central']:+.3f} kNN {emb['knn_central']:.3f}"
         if att:
             line += "  attention entropy by layer " + " ".join(f"{x:.2f}" for x in att["entropy_by_layer"])

@@ -18,6 +18,15 @@ Beside them, the references of the per-base loss (``training.baseloss``), in nat
   predicts a base from m bases on each side (add-one smoothed counts of the training split, scored
   on the validation split). A model knows DNA beyond counting when its per-base loss is below the
   best of them. Chance is ln 4.
+- **Counting in the evaluation's geometry** (``base_table_span_k`` and ``base_table_span_2k``, keyed
+  by m = 1..8, and ``best_counting_span_k`` / ``best_counting_span_2k``, the lowest of each; made
+  by the driver, :func:`geometry_tables`): back-off count tables (``data.counting``, both strands of
+  the training split) scored on exactly the bases each fixed evaluation set hides, each predicted
+  from the bases the model sees there: on each side, past the hidden bases next to it (at most 2),
+  up to m contiguous visible bases (fewer where the window ends or another hidden base stands; none
+  where no base shows within reach), counted at the same offsets. This is the line a per-base loss
+  must beat. The plain ``base_table`` (add-one, one strand, m full bases each side, every
+  validation base) is kept for comparison; it sees bases the model does not, so it is not the line.
 - **Overlap-only** (``overlap_only_span_k``, ``overlap_only_span_2k``, made by the driver): the
   [MASK]-only token loss of a perfect overlap reader that knows no DNA, ln 4 per hidden base.
 
@@ -33,14 +42,23 @@ import numpy as np
 
 from randommask.common import storage
 from randommask.data.genome import CODE_MASK
-from randommask.data.tokenizer import NUM_SPECIAL, kmer_ids_from_codes
+from randommask.data.tokenizer import INVALID, NUM_SPECIAL, kmer_ids_from_codes
 
 if TYPE_CHECKING:  # torch is imported where the tensors are made, not at module load
     import torch
 
+    from randommask.data.counting import Queries
+
 FLANK_BP = 3  # 4**6 flank contexts x 4 bases: well sampled on a bacterial genome (~300 per cell)
 PIECE_BP = 1 << 20
 BASE_TABLE_FLANKS = (1, 2, 3, 4)  # m bases each side: 4**(2m) contexts; m = 4 is ~17 training counts each on E. coli
+# Back-off tables keep improving while long contexts inform: on E. coli (both strands) to m = 10.
+COUNTING_FLANKS = tuple(range(1, 11))
+# In an evaluation's geometry every (bases, gap) shape of context is a counting pass over the training
+# split, so the tables stop at m = 8, and a side is read past at most 2 hidden bases (its nearest
+# visible base within 3 positions: one codon); a side farther away is not read.
+GEOMETRY_FLANKS = tuple(range(1, 9))
+GEOMETRY_MAX_GAP = 2
 
 
 def split_codes(prepared: str, split: str, max_bases: int | None = None,
@@ -116,8 +134,10 @@ def base_table_loss(train: list[np.ndarray], validation: list[np.ndarray], flank
 
 
 def compute_floors(prepared: str, k: int, stride: int = 1, max_train_bases: int = 64 << 20,
-                   storage_options: dict | None = None) -> dict[str, Any]:
-    """The data's references for ``k``-mers of a prepared dataset (see the module's docstring)."""
+                   storage_options: dict | None = None,
+                   eval_sets: dict[str, tuple["torch.Tensor", "torch.Tensor"]] | None = None) -> dict[str, Any]:
+    """The data's references for ``k``-mers of a prepared dataset (see the module's docstring); with
+    the fixed evaluation sets ``{name: (inputs, labels)}``, their geometry-matched count tables too."""
     train = split_codes(prepared, "train", max_train_bases, storage_options)
     validation = split_codes(prepared, "validation", None, storage_options)
     out: dict[str, Any] = {"k": k, "stride": stride, "context_free": None,
@@ -129,6 +149,8 @@ def compute_floors(prepared: str, k: int, stride: int = 1, max_train_bases: int 
     out["base_table"] = None
     if validation and kmer_counts(validation, 2 * max(BASE_TABLE_FLANKS) + 1).sum():
         out["base_table"] = {str(m): round(base_table_loss(train, validation, m), 4) for m in BASE_TABLE_FLANKS}
+    if eval_sets:
+        out.update(geometry_tables(train, eval_sets, k, stride))
     return out
 
 
@@ -143,6 +165,81 @@ def eval_reference(inputs: "torch.Tensor", labels: "torch.Tensor", k: int, strid
     if not at_mask.any():
         return None
     return float(hidden_bases(inputs, labels, k, stride)[at_mask].double().mean()) * per_base
+
+
+def table_keys(eval_set: str) -> tuple[str, str]:
+    """The floors.json keys of one evaluation set's geometry-matched tables and their best line."""
+    return f"base_table_{eval_set}", f"best_counting_{eval_set}"
+
+
+def window_codes(truth: np.ndarray, k: int, stride: int = 1) -> np.ndarray:
+    """(B, n_bases) nucleotide codes of tokenized windows (INVALID where no valid k-mer covers a
+    base), read off the true tokens ``truth`` (B, L) with [CLS] first and [SEP] last."""
+    batch, length = truth.shape
+    n_bases = (length - 3) * stride + k
+    codes = np.full((batch, n_bases), INVALID, dtype=np.uint8)
+    kmers = truth[:, 1:-1].astype(np.int64) - NUM_SPECIAL  # (B, n_kmers); < 0 for [UNK]
+    for j in range(k):  # offset j of token t is base t * stride + j
+        at = np.arange(kmers.shape[1]) * stride + j
+        digit = np.where(kmers >= 0, (kmers >> (2 * (k - 1 - j))) & 3, INVALID).astype(np.uint8)
+        codes[:, at] = np.where(codes[:, at] < INVALID, codes[:, at], digit)
+    return codes
+
+
+def eval_queries(inputs: "torch.Tensor", labels: "torch.Tensor", k: int, stride: int = 1,
+                 width: int = max(GEOMETRY_FLANKS), max_gap: int = GEOMETRY_MAX_GAP) -> "Queries":
+    """The bases one fixed evaluation set hides, as the per-base loss scores them (every selected
+    token [MASK]; a base no unselected token shows, covered by a selected valid k-mer), each with
+    the bases the model sees beside it: on each side, past the hidden bases next to it (at most
+    ``max_gap``), up to ``width`` contiguous visible bases (none where the window ends first)."""
+    from randommask.data.counting import Queries
+
+    truth = np.where(labels.numpy() == -100, inputs.numpy(), labels.numpy())
+    selected = labels.numpy() != -100
+    codes = window_codes(truth, k, stride)
+    visible = visible_bases(_tensor(~selected & (truth >= NUM_SPECIAL)), k, stride).numpy() & (codes < INVALID)
+    covered = visible_bases(_tensor(selected & (truth >= NUM_SPECIAL)), k, stride).numpy()
+    rows, pos = np.nonzero(covered & ~visible)
+    n_bases = codes.shape[1]
+    padded = np.zeros((len(codes), n_bases + 2), dtype=bool)  # the window's ends count as not visible
+    padded[:, 1:-1] = visible
+    sides = []
+    for step in (-1, 1):
+        # the gap: hidden bases from the query to the nearest visible one (or to the window's end)
+        dist = np.arange(1, n_bases + 1)
+        seen = padded[rows[:, None], (pos[:, None] + step * dist).clip(-1, n_bases) + 1]
+        gap = np.where(seen.any(axis=1), seen.argmax(axis=1), 0)  # hidden bases before the nearest visible one
+        at = pos[:, None] + step * (gap[:, None] + 1 + np.arange(width))
+        ok = (at >= 0) & (at < n_bases) & (seen.any(axis=1) & (gap <= max_gap))[:, None]
+        at = at.clip(0, n_bases - 1)
+        run = ok & visible[rows[:, None], at]
+        sides.append((np.where(run, codes[rows[:, None], at], INVALID), np.cumprod(run, axis=1).sum(axis=1), gap))
+    (left, left_len, left_gap), (right, right_len, right_gap) = sides
+    return Queries(left, right, left_len, right_len, codes[rows, pos].astype(np.int64), left_gap, right_gap)
+
+
+def _tensor(array: np.ndarray) -> "torch.Tensor":
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def geometry_tables(train: list[np.ndarray], sets: dict[str, tuple["torch.Tensor", "torch.Tensor"]], k: int,
+                    stride: int = 1) -> dict[str, Any]:
+    """For each evaluation set ``{name: (inputs, labels)}``: the back-off tables' held-out loss per m
+    on exactly the bases it hides (``table_keys``), and the lowest of them."""
+    from randommask.data.counting import BackoffTable, Queries
+
+    queries = {name: eval_queries(inputs, labels, k, stride) for name, (inputs, labels) in sets.items()}
+    ends = np.cumsum([len(q.base) for q in queries.values()])
+    table = BackoffTable(train, Queries.concat(list(queries.values())), GEOMETRY_FLANKS) if ends[-1] else None
+    out: dict[str, Any] = {}
+    for name, end, q in zip(queries, ends, queries.values()):
+        tables_key, best_key = table_keys(name)
+        losses = table.losses(slice(end - len(q.base), end)) if len(q.base) else None
+        out[tables_key] = {m: round(v, 4) for m, v in losses.items()} if losses else None
+        out[best_key] = min(out[tables_key].values()) if losses else None
+    return out
 
 
 def floor_lines(floors: dict | None, eval_set: str = "span_k") -> list[tuple[float, str]]:
@@ -160,13 +257,27 @@ def floor_lines(floors: dict | None, eval_set: str = "span_k") -> list[tuple[flo
     return lines
 
 
-def base_lines(floors: dict | None) -> list[tuple[float, str]]:
-    """(value, label) of the per-base loss's references: chance and the best count table."""
+def base_lines(floors: dict | None, eval_sets: tuple[str, ...] = ("span_k", "span_2k")) -> list[tuple[float, str]]:
+    """(value, label) of the per-base loss's references: chance and, per evaluation set, the best
+    count table in that set's geometry (older floors without it: the plain table, so labelled)."""
     lines = [(round(math.log(4), 4), "chance (ln 4)")]
-    best = best_table(floors)
-    if best is not None:
-        lines.append((best[1], f"best count table ({best[0]} base(s) each side)"))
+    for name in eval_sets:
+        best = best_counting(floors, name)
+        if best is not None:
+            lines.append((best[1], f"best counting, {name.replace('_', '-')} geometry (m={best[0]})"))
+    if len(lines) == 1 and best_table(floors) is not None:
+        m, value = best_table(floors)
+        lines.append((value, f"plain count table (m={m}; sees bases the model does not)"))
     return lines
+
+
+def best_counting(floors: dict | None, eval_set: str) -> tuple[str, float] | None:
+    """(m, loss) of the lowest geometry-matched table of one evaluation set, if the floors have them."""
+    tables = {m: v for m, v in ((floors or {}).get(table_keys(eval_set)[0]) or {}).items() if v is not None}
+    if not tables:
+        return None
+    m = min(tables, key=tables.get)
+    return m, tables[m]
 
 
 def best_table(floors: dict | None) -> tuple[str, float] | None:

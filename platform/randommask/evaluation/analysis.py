@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from randommask.common import rundir, storage
-from randommask.data.floors import best_table
+from randommask.data.floors import best_counting, best_table
 from randommask.errors import UserError
 
 ProgressFn = Callable[[int], None]
@@ -121,8 +121,8 @@ def loss_dynamics(history: list[dict], floors: dict | None = None) -> dict[str, 
 
 def between_floors(loss: float | None, floors: dict | None) -> dict[str, Any]:
     """Where a span-k [MASK]-only loss stands: ``floor_context_free``, ``floor_span_k_overlap`` and
-    the overlap-only references beside it (with the best count table's per-base loss, for the
-    per-base losses), ``below_context_free`` (nats) and ``collapse_progress`` (0 at the context-free floor,
+    the overlap-only references beside it (with the best counting lines of each evaluation's geometry
+    and the plain count table, for the per-base losses), ``below_context_free`` (nats) and ``collapse_progress`` (0 at the context-free floor,
     1 at the overlap reference)."""
     if not floors or floors.get("context_free") is None:
         return {}
@@ -130,7 +130,9 @@ def between_floors(loss: float | None, floors: dict | None) -> dict[str, Any]:
     best = best_table(floors)
     out = {"floor_context_free": top, "floor_span_k_overlap": ref,
            "overlap_only_span_k": floors.get("overlap_only_span_k"), "overlap_only_span_2k": floors.get("overlap_only_span_2k"),
-           "best_table_base_loss": best[1] if best else None}
+           "best_table_base_loss": best[1] if best else None,
+           **{key: (best_counting(floors, name) or (None, None))[1]
+              for name, key in (("span_k", "best_counting_span_k"), ("span_2k", "best_counting_span_2k"))}}
     if loss is not None:
         out["below_context_free"] = top - loss
         if ref is not None and top > ref:

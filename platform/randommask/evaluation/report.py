@@ -56,13 +56,15 @@ def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
                   r["loss"].get("final_eval_span_k_mask_acc"), r["loss"].get("initial_loss"), r["loss"].get("final_loss"),
                   r["loss"].get("early_drop_fraction"), r["loss"].get("overlap_only_span_k"),
                   r["loss"].get("final_eval_span_k_base_loss"), r["loss"].get("final_eval_span_2k_base_loss"),
+                  r["loss"].get("best_counting_span_k"), r["loss"].get("best_counting_span_2k"),
                   r["loss"].get("best_table_base_loss")]
                  for r in runs if r.get("loss")]
     if loss_rows:
         parts.append(_table(["run", "steps", "eval span-k [MASK] loss", "context-free floor", "span-k overlap ref.",
                              "collapse progress", "eval span-2k [MASK] loss", "eval span-k [MASK] acc",
                              "initial train loss", "final train loss", "early drop fraction", "span-k overlap only",
-                             "eval span-k per base", "eval span-2k per base", "best count table per base"], loss_rows))
+                             "eval span-k per base", "eval span-2k per base", "best counting span-k", "best counting span-2k",
+                             "plain count table (sees more)"], loss_rows))
         parts.append("<p class='note'>Losses on positions whose input is [MASK] (a kept token shows its own label, "
                      "so all-label losses reward copying). First read each run between its floors: the context-free "
                      "floor is what k-mer frequencies alone score, the overlap reference what reading the hidden base "
@@ -72,7 +74,7 @@ def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
                      "they compare across schedules; training losses do not. Overlap only: the [MASK] loss of a "
                      "perfect reader of the visible bases that knows no DNA; a loss above it can all be overlap "
                      "reading. Per base: nats per base no unmasked token shows (chance ln 4 = 1.386, whatever the "
-                     "span); below the best count table of flanking bases is knowledge of DNA beyond counting.</p>")
+                     "span); below the best counting line (count tables of the bases the model sees, in each evaluation's geometry) is knowledge of DNA beyond counting.</p>")
         parts.append(_img(pngs, "loss_dynamics.png", "loss dynamics"))
     else:
         parts.append("<p>No metrics.jsonl found (checkpoints only).</p>")

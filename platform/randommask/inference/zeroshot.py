@@ -3,8 +3,9 @@
 At N positions drawn (seeded) from the prepared data's validation split, the model predicts the base
 with the tokens that cover it masked, both strands averaged (``inference.centre``, as
 ``score-variants`` scores variants). Its mean log P(ref) is read between chance (-ln 4) and count
-tables of the flanking bases fitted on the training split (``floors.base_table``, m = 1..4 bases
-each side), scored on the same positions. A model at the best table's level has learned what
+tables of the flanking bases fitted on the training split, both strands, backing off to shorter
+contexts (``data.counting``, m = 1..10 bases each side, no more than the window shows), scored on
+the same positions. A model at the best table's level has learned what
 counting flanks gives; above it, something more. docs/inference.md describes the output.
 """
 
@@ -18,7 +19,8 @@ import numpy as np
 
 from randommask.common import rundir, storage
 from randommask.common.checkpoints import provenance
-from randommask.data.floors import BASE_TABLE_FLANKS, base_table, split_codes
+from randommask.data.counting import BackoffTable, Queries
+from randommask.data.floors import BASE_TABLE_FLANKS, COUNTING_FLANKS, split_codes
 from randommask.data.tokenizer import INVALID
 from randommask.errors import UserError
 from randommask.inference import runtime
@@ -51,13 +53,12 @@ def draw_positions(pieces: list[np.ndarray], n: int, half: int, seed: int) -> np
     return np.stack([pieces[owner[j]][starts[j] : starts[j] + 2 * half + 1] for j in pick]).astype(np.uint8)
 
 
-def table_log_p_ref(train: list[np.ndarray], windows: np.ndarray, flank: int) -> np.ndarray:
-    """log P(centre base | ``flank`` bases each side) under ``floors.base_table``, per window."""
-    half = windows.shape[1] // 2
-    weights = 4 ** np.arange(flank - 1, -1, -1)
-    left = windows[:, half - flank : half].astype(np.int64) @ weights
-    right = windows[:, half + 1 : half + 1 + flank].astype(np.int64) @ weights
-    return base_table(train, flank)[left, windows[:, half].astype(np.int64), right]
+def table_log_p_ref(train: list[np.ndarray], windows: np.ndarray) -> dict[str, np.ndarray]:
+    """{m: log P(centre base | up to m bases each side)} per window, from back-off count tables of
+    the training split (both strands), m = 1..10; a window shows at most its half on each side."""
+    table = BackoffTable(train, Queries.centred(windows), COUNTING_FLANKS)
+    pick = windows[:, windows.shape[1] // 2].astype(np.int64)[:, None]
+    return {str(m): np.take_along_axis(table.log_probs(m), pick, 1)[:, 0] for m in COUNTING_FLANKS}
 
 
 def model_log_p_ref(checkpoint: str, windows: np.ndarray, strands: str, batch_size: int, threads: int | None,
@@ -110,7 +111,7 @@ def zeroshot(checkpoint: str, prepared: str, out: str, positions: int = 5000, se
     log(f"zeroshot {len(windows)} held-out position(s) of {prepared}, windows of {window} bp, {strands} strand(s)")
     model, forward = model_log_p_ref(checkpoint, windows, strands, batch_size, threads, storage_options)
     train = split_codes(prepared, "train", 64 << 20, storage_options)
-    tables = {str(m): table_log_p_ref(train, windows, m) for m in BASE_TABLE_FLANKS}
+    tables = table_log_p_ref(train, windows)
     best = max(tables, key=lambda m: tables[m].mean())
     diff = model - tables[best]
 
@@ -123,6 +124,7 @@ def zeroshot(checkpoint: str, prepared: str, out: str, positions: int = 5000, se
               "mean_p_ref": round(float(np.exp(model).mean()), 5),
               "forward_mean_log_p_ref": round(float(forward.mean()), 5), "chance": round(-math.log(4), 5),
               "tables": {m: round(float(t.mean()), 5) for m, t in tables.items()},
+              "table_estimator": "back-off count tables of the training split, both strands (data.counting)",
               "best_table": best, "vs_best_table": round(float(diff.mean()), 5), "vs_best_table_sem": sem(diff),
               # what produced the figures: the weights' digest and the package version
               "provenance": provenance("zeroshot", checkpoint, {"prepared": prepared, "positions": positions,

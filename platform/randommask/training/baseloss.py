@@ -13,7 +13,8 @@ do not compare. The per-base loss takes the overlap away:
 5. the loss is the mean -log P(true base) over hidden bases, in nats.
 
 Chance is ln 4 = 1.386 whatever the span. A perfect overlap reader that knows no DNA scores chance;
-a count table of the flanking bases (``floors.json``'s ``base_table``) is the line for knowledge
+the best count table of the bases the model sees, in the same evaluation's geometry
+(``floors.json``'s ``best_counting_span_k`` / ``best_counting_span_2k``), is the line for knowledge
 beyond counting.
 """
 

@@ -209,17 +209,17 @@ def summarize(cfg: PretrainConfig, seconds: float) -> dict[str, Any]:
 
 # ---- the floors the losses are read against -----------------------------------------------------
 def run_floors(cfg: PretrainConfig) -> dict[str, Any]:
-    """The data's floors (randommask.data.floors) and each evaluation set's overlap and overlap-only
-    references."""
+    """The data's floors (randommask.data.floors), each evaluation set's overlap and overlap-only
+    references and its count tables in its own geometry."""
     from randommask.data.floors import compute_floors, eval_reference
     from randommask.training.validation import eval_sets
 
     d = cfg.data
-    floors = compute_floors(d.prepared, d.k, d.stride, storage_options=d.storage_options or None)
     try:
         sets = eval_sets(cfg)
     except UserError:
         sets = {}
+    floors = compute_floors(d.prepared, d.k, d.stride, storage_options=d.storage_options or None, eval_sets=sets)
     for name, (inputs, labels) in sets.items():
         ref = eval_reference(inputs, labels, d.k, d.stride, floors["overlap_per_base"])
         floors[f"eval_{name}_overlap"] = None if ref is None else round(ref, 4)

@@ -43,6 +43,10 @@ GAUGES = {
     "overlap_only_span_2k": ("randommask_floor_overlap_only_span_2k",
                              "span-2k [MASK] loss of a perfect overlap reader that knows no DNA (nats)"),
     "base_table_best": ("randommask_floor_base_table_best", "per-base loss of the best flank count table (nats)"),
+    "best_counting_span_k": ("randommask_floor_best_counting_span_k",
+                             "per-base loss of the best count table in the span-k eval set's geometry (nats)"),
+    "best_counting_span_2k": ("randommask_floor_best_counting_span_2k",
+                              "per-base loss of the best count table in the span-2k eval set's geometry (nats)"),
 }
 
 
@@ -132,7 +136,8 @@ class TrainMetrics:
         tables = [v for v in (floors.get("base_table") or {}).values() if v is not None]
         floors["base_table_best"] = min(tables) if tables else None
         self.update({key: floors[key] for key in ("context_free", "eval_span_k_overlap", "eval_span_2k_overlap",
-                                                  "overlap_only_span_k", "overlap_only_span_2k", "base_table_best")
+                                                  "overlap_only_span_k", "overlap_only_span_2k", "base_table_best",
+                                                  "best_counting_span_k", "best_counting_span_2k")
                      if floors.get(key) is not None})
 
     def close(self) -> None:

@@ -40,7 +40,8 @@ def draw_floors(ax, floors: dict | None, eval_sets: Sequence[str] = ("span_k",))
 
 
 def draw_base_losses(ax, runs: dict[str, Sequence[dict]], floors: dict | None) -> None:
-    """The per-base losses (nats per hidden base) of each run, with chance and the best count table."""
+    """The per-base losses (nats per hidden base) of each run, with chance and the best counting line
+    of each evaluation set's geometry."""
     from randommask.data.floors import base_lines
 
     for i, (label, lines) in enumerate(runs.items()):
@@ -63,7 +64,7 @@ def draw_base_losses(ax, runs: dict[str, Sequence[dict]], floors: dict | None) -
 def loss_curves_png(runs: dict[str, Sequence[dict]], title: str = "", floors: dict | None = None) -> bytes:
     """PNG bytes: losses on [MASK] inputs per step (train solid, eval dashed/dotted), the run's floors
     as horizontal lines, the boundary on a second axis; beside them, when the runs have them, the
-    per-base losses against chance and the best count table. ``runs`` maps a label to metrics.jsonl lines."""
+    per-base losses against chance and the best counting lines. ``runs`` maps a label to metrics.jsonl lines."""
     per_base = any(series(lines, "eval_span_k_base_loss")[0] for lines in runs.values())
     fig, axes = plt.subplots(1, 2 if per_base else 1, figsize=(15 if per_base else 9, 5), dpi=110,
                              gridspec_kw={"width_ratios": [3, 2]} if per_base else None, squeeze=False)

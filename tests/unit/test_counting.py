@@ -1,0 +1,226 @@
+"""The counting references in the evaluation's own geometry (data.counting, data.floors): the back-off
+tables against a slow plain implementation with dicts and strings, the bases each evaluation hides
+and what is seen beside them worked out by hand, and the properties the line must have (about 0
+where a base is a function of its neighbours; equal to the centred table for interior bases; worse
+near window edges)."""
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from randommask.data.counting import ALPHAS, BackoffTable, Queries
+from randommask.data.floors import GEOMETRY_FLANKS, eval_queries, geometry_tables, table_keys, window_codes
+from randommask.data.tokenizer import MASK, kmer_ids_from_codes
+from randommask.training.masking import make_masker
+
+LN4 = math.log(4)
+BASES = "ATCG"  # code order: A=0, T=1, C=2, G=3
+COMPLEMENT = str.maketrans("ATCGN", "TAGCN")
+
+
+def encode(codes: np.ndarray, k: int) -> torch.Tensor:
+    ids = torch.from_numpy(kmer_ids_from_codes(codes, k).astype(np.int64))
+    return torch.cat([torch.full((len(ids), 1), 2), ids, torch.full((len(ids), 1), 3)], dim=1)
+
+
+def markov(n: int, stay: float, seed: int) -> np.ndarray:
+    """A first-order chain: the next base repeats the previous one with probability ``stay``."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(n, dtype=np.uint8)
+    out[0] = 0
+    other = rng.integers(0, 4, n)
+    keep = rng.random(n) < stay
+    for i in range(1, n):
+        out[i] = out[i - 1] if keep[i] else other[i]
+    return out
+
+
+def slow_log_probs(train: list[np.ndarray], q: Queries, flanks: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """The estimator by its definition, with strings and dicts: counts of (left, base, right) on both
+    strands, leave-one-out choice of each context length's prior strength, back-off recursion."""
+    strands = []
+    for codes in train:
+        s = "".join("ATCGN"[min(int(c), 4)] for c in codes)
+        strands += [s, s.translate(COMPLEMENT)[::-1]]
+
+    def chain(a, b, lg, rg):  # the shapes (a, b, left gap, right gap) it backs off through
+        out = [(a, b, lg if a else 0, rg if b else 0)]
+        while a or b:
+            if a >= b and a:
+                a -= 1
+            else:
+                b -= 1
+            out.append((a, b, lg if a else 0, rg if b else 0))
+        return out
+
+    rows = [("".join("ATCGN"[c] for c in q.left[i]), "".join("ATCGN"[c] for c in q.right[i]))
+            for i in range(len(q.base))]
+    lgaps, rgaps = q.gaps()
+
+    def start(i, m):
+        return chain(min(int(q.left_len[i]), m), min(int(q.right_len[i]), m), int(lgaps[i]), int(rgaps[i]))[0]
+
+    needed = defaultdict(set)
+    for m in flanks:
+        for i, (left, right) in enumerate(rows):
+            for a, b, lg, rg in chain(*start(i, m)):
+                needed[(a, b, lg, rg)].add((left[:a], right[:b]))
+    counts = {pair: {ctx: [0, 0, 0, 0] for ctx in ctxs} for pair, ctxs in needed.items()}
+    for s in strands:
+        for p, base in enumerate(s):
+            if base == "N":
+                continue
+            for (a, b, lg, rg), table in counts.items():
+                if p - lg - a < 0 or p + rg + b >= len(s):
+                    continue
+                ctx = (s[p - lg - a : p - lg][::-1], s[p + rg + 1 : p + rg + 1 + b])
+                if ctx in table:
+                    table[ctx][BASES.index(base)] += 1
+    probs = {}
+    for pair in sorted(needed, key=lambda shape: shape[0] + shape[1]):
+        lower_pair = chain(*pair)[1] if pair[:2] != (0, 0) else None
+
+        def lower(ctx, lower_pair=lower_pair):
+            return probs[lower_pair][(ctx[0][: lower_pair[0]], ctx[1][: lower_pair[1]])] if lower_pair else [0.25] * 4
+
+        def held_out(alpha, pair=pair, lower=lower):
+            total = 0.0
+            for ctx, n in counts[pair].items():
+                for x in range(4):
+                    if n[x]:
+                        total += n[x] * math.log((n[x] - 1 + alpha * lower(ctx)[x]) / (sum(n) - 1 + alpha))
+            return total
+
+        best = None
+        for alpha in ALPHAS:
+            score = held_out(alpha)
+            if best is None or score > best[0] + 1e-9 * abs(best[0]):
+                best = (score, alpha)
+        alpha = best[1]
+        probs[pair] = {ctx: [(n[x] + alpha * lower(ctx)[x]) / (sum(n) + alpha) for x in range(4)]
+                       for ctx, n in counts[pair].items()}
+    out = {}
+    for m in flanks:
+        out[m] = np.array([[math.log(p) for p in probs[start(i, m)][(left[: start(i, m)[0]], right[: start(i, m)[1]])]]
+                           for i, (left, right) in enumerate(rows)])
+    return out
+
+
+def test_the_bases_an_evaluation_hides_and_what_is_seen_beside_them_by_hand():
+    # k = 3, a window of 10 bases (8 tokens). Masking tokens 1-3 hides bases 0, 1, 2 (base 3 is also in
+    # token 4); masking tokens 4-6 hides base 5 alone (4 is in token 3, 6 in token 7).
+    codes = np.array([[0, 1, 2, 3, 0, 1, 2, 3, 3, 2]], dtype=np.uint8)
+    ids = encode(codes, 3)
+    np.testing.assert_array_equal(window_codes(ids.numpy(), 3), codes)
+    labels = torch.full_like(ids, -100)
+    labels[0, 1:4] = ids[0, 1:4]
+    q = eval_queries(torch.where(labels != -100, MASK, ids), labels, 3, width=10)
+    np.testing.assert_array_equal(q.base, [0, 1, 2])
+    np.testing.assert_array_equal(q.left_len, [0, 0, 0])  # nothing shows before the window's start
+    np.testing.assert_array_equal(q.right_len, [7, 7, 7])  # bases 3..9 show, past 2, 1 and 0 hidden ones
+    np.testing.assert_array_equal(q.right_gap, [2, 1, 0])
+    for i in range(3):
+        np.testing.assert_array_equal(q.right[i, :7], codes[0, 3:])
+    labels = torch.full_like(ids, -100)
+    labels[0, 4:7] = ids[0, 4:7]
+    q = eval_queries(torch.where(labels != -100, MASK, ids), labels, 3, width=3)
+    np.testing.assert_array_equal(q.base, [1])
+    np.testing.assert_array_equal(q.left_len, [3])  # capped at the width
+    np.testing.assert_array_equal(q.left[0], codes[0, [4, 3, 2]])  # nearest first
+    np.testing.assert_array_equal(q.right[0], codes[0, [6, 7, 8]])
+    np.testing.assert_array_equal([q.left_gap[0], q.right_gap[0]], [0, 0])
+    # two spans: tokens 1-2 hide bases 0-1; tokens 5-7 hide base 6 (token t covers bases t-1..t+1)
+    labels = torch.full_like(ids, -100)
+    labels[0, [1, 2, 5, 6, 7]] = ids[0, [1, 2, 5, 6, 7]]
+    q = eval_queries(torch.where(labels != -100, MASK, ids), labels, 3, width=10)
+    np.testing.assert_array_equal(q.base, codes[0, [0, 1, 6]])
+    np.testing.assert_array_equal(q.left_len, [0, 0, 4])  # base 6: bases 5, 4, 3, 2, then hidden base 1
+    np.testing.assert_array_equal(q.right_len, [4, 4, 3])  # bases 0 and 1: 2-5, then base 6 hides
+    np.testing.assert_array_equal(q.right_gap, [1, 0, 0])
+    np.testing.assert_array_equal(q.left[2, :4], codes[0, [5, 4, 3, 2]])
+
+
+def test_the_tables_match_a_plain_implementation_on_every_geometry():
+    train = [markov(3_000, 0.5, 0), markov(1_500, 0.5, 1)]
+    train[1][700] = 4  # an N: no context across it
+    held_out = markov(3_000, 0.5, 2)
+    ids = encode(np.stack([held_out[s : s + 20] for s in range(0, 2_800, 97)]), 3)
+    inputs, labels = make_masker("span", 3, span=6)(ids, 0, torch.Generator().manual_seed(0))
+    geometry = eval_queries(inputs, labels, 3, width=5)
+    centred = Queries.centred(np.stack([held_out[s : s + 11] for s in range(5, 2_900, 131)]))
+    q = Queries.concat([geometry, Queries(centred.left, centred.right, centred.left_len, centred.right_len,
+                                          centred.base)])
+    assert len(set(zip(q.left_len.tolist(), q.right_len.tolist()))) > 5  # several one- and two-sided shapes
+    assert (q.gaps()[0] > 0).any() and (q.gaps()[1] > 0).any()  # and bases read past hidden ones
+    flanks = (1, 2, 3, 5)
+    table = BackoffTable(train, q, flanks)
+    want = slow_log_probs(train, q, flanks)
+    for m in flanks:
+        np.testing.assert_allclose(table.log_probs(m), want[m], rtol=0, atol=1e-9)
+    losses = table.losses()
+    for m in flanks:
+        assert losses[str(m)] == pytest.approx(-np.mean(want[m][np.arange(len(q.base)), q.base]), abs=1e-12)
+
+
+def unique_unit(n: int, k: int) -> np.ndarray:
+    """A random ``n``-base unit whose cyclic k-mers, on both strands, are all distinct: repeated, each
+    base is a function of the k bases on either side of it (or at any fixed offset)."""
+    for seed in range(1000):
+        unit = np.random.default_rng(seed).integers(0, 4, n).astype(np.uint8)
+        both = [np.concatenate([u, u[: k - 1]]) for u in (unit, np.array([1, 0, 3, 2])[unit[::-1]])]
+        if len({tuple(u[i : i + k]) for u in both for i in range(n)}) == 2 * n:
+            return unit
+    raise AssertionError("no unit found")
+
+
+def test_a_base_that_is_a_function_of_its_neighbours_is_predicted_at_about_zero_loss():
+    train = [np.tile(unique_unit(60, 8), 400)]
+    unit = train[0][:60]
+    held_out = np.tile(unit, 30)[7:]
+    ids = encode(np.stack([held_out[s : s + 40] for s in range(0, 1_700, 11)]), 6)
+    one, two = torch.full_like(ids, -100), torch.full_like(ids, -100)
+    one[:, 15:21] = ids[:, 15:21]  # one hidden base, bases on both sides
+    two[:, 12:24] = ids[:, 12:24]  # seven hidden bases in a row: the middle one is 4 from any visible base
+    sets = {"span_k": (torch.where(one != -100, MASK, ids), one), "span_2k": (torch.where(two != -100, MASK, ids), two)}
+    floors = geometry_tables(train, sets, 6)
+    tables, best = (floors[key] for key in table_keys("span_k"))
+    assert set(tables) == {str(m) for m in GEOMETRY_FLANKS}
+    assert best < 0.01 and tables["1"] > 0.3  # one base each side is not enough, eight are
+    # six of the seven are read past at most 2 hidden bases, at about 0; the middle one is out of
+    # reach, predicted from the base frequencies (both strands) alone
+    q = eval_queries(*sets["span_2k"], 6)
+    reach = q.left_len + q.right_len > 0
+    n = len(ids)
+    assert reach.sum() == 6 * n and len(q.base) == 7 * n
+    log_p = BackoffTable(train, q, GEOMETRY_FLANKS).log_probs(8)[np.arange(7 * n), q.base]
+    assert -log_p[reach].mean() < 0.01
+    middle = held_out[np.arange(0, 1_700, 11) + 19]  # bases 16-22 hidden; 19 is 4 from bases 15 and 23
+    counts = np.bincount(np.concatenate([train[0], np.array([1, 0, 3, 2])[train[0]]]), minlength=4)
+    np.testing.assert_array_equal(np.sort(q.base[~reach]), np.sort(middle))
+    assert -log_p[~reach].mean() == pytest.approx(-np.log(counts / counts.sum())[middle].mean(), abs=0.02)
+    assert floors["best_counting_span_2k"] == pytest.approx(-log_p.mean(), abs=1e-4)
+
+
+def test_interior_bases_score_as_the_centred_table_and_edges_score_worse():
+    train = [markov(200_000, 0.6, 3)]
+    held_out = markov(40_000, 0.6, 4)
+    starts = np.arange(0, 39_000, 97)
+    ids = encode(np.stack([held_out[s : s + 44] for s in starts]), 6)
+    inside, edge = torch.full_like(ids, -100), torch.full_like(ids, -100)
+    inside[:, 15:21] = ids[:, 15:21]  # hides base 19 alone: 19 bases show on the left, 24 on the right
+    edge[:, 1:7] = ids[:, 1:7]  # hides bases 0-5 at the window's start
+    sets = {"span_k": (torch.where(inside != -100, MASK, ids), inside),
+            "span_2k": (torch.where(edge != -100, MASK, ids), edge)}
+    floors = geometry_tables(train, sets, 6)
+    centred = np.stack([held_out[s + 19 - 10 : s + 19 + 11] for s in starts])  # base 19 with 10 each side
+    plain = BackoffTable(train, Queries.centred(centred), GEOMETRY_FLANKS).losses()
+    for m in GEOMETRY_FLANKS:
+        assert floors["base_table_span_k"][str(m)] == pytest.approx(plain[str(m)], abs=1e-4)
+    # a first-order chain: H(base | one base each side) is what the interior line reaches
+    assert floors["best_counting_span_k"] < LN4 - 0.2
+    # at the edge five of the six hidden bases have no visible neighbour: near chance
+    assert floors["best_counting_span_2k"] > floors["best_counting_span_k"] + 0.5
+    assert floors["best_counting_span_2k"] == pytest.approx(LN4, abs=0.2)
