@@ -56,7 +56,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--exclude", nargs="+", metavar="PATH", help="excluded sequences, as data prepare --exclude takes "
                     "them (default: 17,600 random 100-bp sequences, as many as GUE's dev and test sets)")
     ex.add_argument("--kmer", type=int, default=31, help="k of the shared k-mers (default 31)")
-    ex.add_argument("--baseline-mbp", type=float, default=2.0, help="corpus Mbp the baseline runs on (default 2)")
+    ex.add_argument("--baseline-mbp", type=float, default=10.0, help="corpus Mbp the baseline runs on (default 10)")
     ex.add_argument("--genome", help="FASTA file the records are cut from (default: the 300-kb E. coli slice)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the record cuts (default 0)")
     for q in (t, m, s, pl, to, e2e, em, sv):

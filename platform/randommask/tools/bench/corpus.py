@@ -43,7 +43,7 @@ def _baseline(records: list[bytes], excluded: list[bytes], k: int) -> list[bool]
 
 
 def bench_exclude(genome: str | None = None, corpus_mbp: float = 100.0, record_bp: int = 100,
-                  exclude: list[str] | None = None, kmer: int = 31, baseline_mbp: float = 2.0, seed: int = 0) -> dict:
+                  exclude: list[str] | None = None, kmer: int = 31, baseline_mbp: float = 10.0, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     codes = genome_codes(resolve_genome(genome))
     n = int(corpus_mbp * 1e6 / record_bp)
