@@ -49,6 +49,16 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     sv.add_argument("--variants", type=int, default=10000)
     sv.add_argument("--window-bp", type=int, default=511, help="bases around each variant (odd: centred)")
     sv.add_argument("--batch", type=int, default=64)
+    ex = bs.add_parser("exclude", help="drop corpus records sharing a 31-mer with excluded sequences vs Python sets "
+                       "of k-mer strings")
+    ex.add_argument("--corpus-mbp", type=float, default=100.0, help="corpus size, Mbp (default 100)")
+    ex.add_argument("--record-bp", type=int, default=100, help="bases per corpus record, cut from --genome (default 100)")
+    ex.add_argument("--exclude", nargs="+", metavar="PATH", help="excluded sequences, as data prepare --exclude takes "
+                    "them (default: 17,600 random 100-bp sequences, as many as GUE's dev and test sets)")
+    ex.add_argument("--kmer", type=int, default=31, help="k of the shared k-mers (default 31)")
+    ex.add_argument("--baseline-mbp", type=float, default=10.0, help="corpus Mbp the baseline runs on (default 10)")
+    ex.add_argument("--genome", help="FASTA file the records are cut from (default: the 300-kb E. coli slice)")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the record cuts (default 0)")
     for q in (t, m, s, pl, to, e2e, em, sv):
         q.add_argument("--genome", help="FASTA file (default: the 300-kb E. coli slice shipped with the package; "
                        "make bench passes the whole genome)")

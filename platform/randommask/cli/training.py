@@ -109,26 +109,45 @@ def _pretrain_and_report(cfg) -> None:
 def add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="prepare genomes for pretraining")
     ds = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    q = ds.add_parser("prepare", help="FASTA files (local or s3://) -> shards + manifest.json")
-    q.add_argument("sources", nargs="+", metavar="SRC", help="FASTA files, directories or globs; local or URLs")
+    q = ds.add_parser("prepare", help="FASTA files or sequence tables (local or s3://) -> shards + manifest.json")
+    q.add_argument("sources", nargs="+", metavar="SRC", help="FASTA files, tables (.csv/.tsv with a 'sequence' "
+                   "column, optionally .gz), directories or globs; local or URLs")
     q.add_argument("--out", required=True, metavar="DST", help="local directory or s3:// prefix")
     q.add_argument("--val-fraction", type=float, default=0.01, help="bases held out for validation (default 0.01)")
     q.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     q.add_argument("--min-length", type=int, default=1, help="drop records shorter than this (bp)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    c = q.add_argument_group("corpora of short records (docs/data.md: tables, packing, decontamination)")
+    c.add_argument("--exclude", nargs="+", default=[], metavar="PATH", help="drop every record sharing a k-mer "
+                   "(either strand) with these: FASTA, tables, globs, or a GUE root (its dev and test tables); "
+                   "default: none")
+    c.add_argument("--exclude-kmer", type=int, default=31, metavar="K", help="k of --exclude (default 31)")
+    c.add_argument("--join-n", type=int, default=6, metavar="N", help="N bases between packed records: at least "
+                   "the tokenizer's k (default 6)")
+    c.add_argument("--pack", action="store_true", help="pack FASTA records into contigs too, deduplicated "
+                   "(tables and --exclude always pack; default: FASTA records stay whole records)")
     q.add_argument("--resources", metavar="JSON", help="Ray resources each task also asks for, e.g. "
                    "'{\"randommask_cpu_node\": 1}' to run only on nodes that offer it (the KubeRay cpu group)")
     add_storage_options(q)
 
 
 def run_data(args: argparse.Namespace) -> None:
+    from randommask.data.corpus import CorpusOptions
     from randommask.data.prepare import parse_resources, prepare
 
     t0 = time.perf_counter()
+    corpus = CorpusOptions(exclude=tuple(args.exclude), exclude_kmer=args.exclude_kmer, join_n=args.join_n,
+                           pack=args.pack)
     m = prepare(args.sources, args.out, val_fraction=args.val_fraction, seed=args.seed, min_length=args.min_length,
                 storage_options=storage_options_from(args), show_progress=not args.no_progress,
-                resources=parse_resources(args.resources))
+                resources=parse_resources(args.resources), corpus=corpus)
     t = m["totals"]
+    if "packing" in m:
+        x = m["exclude"]
+        print(f"corpus   {t['records_read']:,} records read, {t['duplicates']:,} duplicates, {t['dropped_overlap']:,} "
+              f"dropped for a {x['kmer']}-mer shared with {len(x['files'])} excluded file(s), {t['records_kept']:,} "
+              f"kept ({t['bases_kept']:,} bp) in {t['records']} contigs joined by {m['packing']['join_n']} N; "
+              f"validation {m['packing']['validation_records']:,} whole records")
     print(f"prepared {t['records']} records, {t['bases']:,} bp from {t['files']} file(s) in "
           f"{time.perf_counter() - t0:.1f}s: train {t['train_bases']:,} bp, validation {t['validation_bases']:,} bp "
           f"({t['validation_fraction']:.2%}), N {t['n_bases']:,} bp, soft-masked {t['soft_bases']:,} bp"

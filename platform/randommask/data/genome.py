@@ -28,7 +28,8 @@ COMPRESSED_SUFFIXES = (".gz", ".bgz", ".gzip")
 
 _WHITESPACE = b"\r\n\t "
 _IUPAC = b"ACGTURYSWKMBDHVN"
-_ALLOWED = _IUPAC + _IUPAC.lower() + b"-." + _WHITESPACE
+_SEQUENCE_BYTES = _IUPAC + _IUPAC.lower() + b"-."
+_ALLOWED = _SEQUENCE_BYTES + _WHITESPACE
 _HEADER = re.compile(rb"^>[^\n]*", re.M)
 
 _STORE = np.full(256, INVALID, dtype=np.uint8)
@@ -175,6 +176,15 @@ def _sequence(seq: bytes, first_line: int, started: bool, where: str) -> Iterato
     body = seq.translate(None, _WHITESPACE)
     if body:
         yield "seq", body.translate(STORE_TABLE)
+
+
+def encode_sequence(seq: bytes, where: str, line: int) -> bytes:
+    """One sequence given whole (a table's field) in the stored encoding, validated like FASTA lines:
+    IUPAC codes in either case, '-' and '.'; anything else is a UserError naming ``where`` and ``line``."""
+    bad = seq.translate(None, _SEQUENCE_BYTES)
+    if bad:
+        raise UserError(f"{where}: line {line}: {_describe_bad(seq[_first_bad_byte(seq, bad)])}")
+    return seq.translate(STORE_TABLE)
 
 
 def open_decompressed(raw: HashingReader, where: str) -> BinaryIO:

@@ -14,14 +14,10 @@ the manifest to it, and only then deletes the old one. A failed run never touche
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,12 +33,14 @@ from randommask.data.genome import (
     open_decompressed,
     parse_fasta,
 )
+from randommask.data.records import list_files, table_delimiter
+from randommask.data.shards import FORMAT_VERSION, MANIFEST, ShardWriter, build_manifest, read_manifest
 from randommask.data.tokenizer import INVALID
 from randommask.errors import UserError
 
-MANIFEST = "manifest.json"
-FORMAT = "randommask-shards"
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from randommask.data.corpus import CorpusOptions
+
 DEFAULT_SHARD_BYTES = 256 << 20
 # Ray resources of one prepare task (one input file): what a cluster's CPU nodes must fit
 # (cluster/kuberay: the `cpu` worker group).
@@ -51,33 +49,17 @@ TASK_CPUS = 1
 
 # ---- finding the inputs -------------------------------------------------------------------------
 def expand_sources(sources: list[str], storage_options: dict | None = None) -> list[dict[str, Any]]:
-    """Files, directories (searched recursively for FASTA names) or globs -> [{uri, size, tag}]."""
+    """Files, directories (searched recursively for FASTA and table names) or globs -> [{uri, size, tag}]."""
     found: list[dict[str, Any]] = []
     for src in sources:
-        scheme, _ = storage.split_uri(src)
-        fs, path = storage.filesystem(src, storage_options)
-        prefix = "" if scheme == "file" else f"{scheme}://"
-        try:
-            if any(c in path for c in "*?["):
-                infos = [fs.info(p) for p in sorted(fs.glob(path))]
-                infos = [i for i in infos if i.get("type") != "directory"]
-                if not infos:
-                    raise UserError(f"{src}: the pattern matches no file")
-            else:
-                info = fs.info(path)
-                if info.get("type") == "directory":
-                    infos = [fs.info(p) for p in sorted(fs.find(path)) if is_fasta_name(p)]
-                    if not infos:
-                        raise UserError(f"{src}: directory holds no FASTA file (.fa .fasta .fna, optionally .gz)")
-                else:
-                    infos = [info]
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(storage.describe_error(e, src)) from None
+        kind, infos = list_files(src, lambda p: is_fasta_name(p) or table_delimiter(p) is not None, storage_options)
+        if not infos and kind == "glob":
+            raise UserError(f"{src}: the pattern matches no file")
+        if not infos:
+            raise UserError(f"{src}: directory holds no FASTA file (.fa .fasta .fna) or table (.csv .tsv), "
+                            "optionally .gz")
         for info in infos:
-            name = info["name"]
-            uri = name if scheme == "file" or "://" in name else prefix + name
+            uri = info["uri"]
             tag = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
             found.append({"uri": uri, "size": int(info.get("size") or 0), "tag": str(tag)})
     uris = [f["uri"] for f in found]
@@ -115,54 +97,6 @@ class _Record:
     offset: int = 0
 
 
-class _ShardWriter:
-    """Packs whole records into local shard files and uploads each one when it is full."""
-
-    def __init__(self, run_uri: str, file_index: int, shard_bytes: int, storage_options: dict | None):
-        self.run_uri, self.file_index, self.shard_bytes = run_uri, file_index, shard_bytes
-        self.storage_options = storage_options
-        self.tmpdir = tempfile.mkdtemp(prefix="randommask-prepare-")
-        self.shards: list[dict[str, Any]] = []
-        self.f = None
-        self.name = ""
-        self.size = 0
-        self.sha = hashlib.sha256()
-
-    def begin_record(self) -> tuple[str, int]:
-        if self.f is None or self.size >= self.shard_bytes:
-            self._close()
-            self.name = f"f{self.file_index:05d}-{len(self.shards):03d}.bin"
-            self.f = open(os.path.join(self.tmpdir, self.name), "wb")
-            self.size = 0
-            self.sha = hashlib.sha256()
-        return self.name, self.size
-
-    def write(self, data: bytes) -> None:
-        self.f.write(data)
-        self.sha.update(data)
-        self.size += len(data)
-
-    def _close(self) -> None:
-        if self.f is None:
-            return
-        self.f.close()
-        local = os.path.join(self.tmpdir, self.name)
-        if self.size:
-            storage.put_file(local, storage.join(self.run_uri, self.name), self.storage_options)
-            self.shards.append({"name": self.name, "bytes": self.size, "sha256": self.sha.hexdigest()})
-        os.unlink(local)
-        self.f = None
-
-    def finish(self) -> list[dict[str, Any]]:
-        self._close()
-        return self.shards
-
-    def cleanup(self) -> None:
-        if self.f is not None:
-            self.f.close()
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-
 def _runs_of_invalid(codes: np.ndarray, base: int) -> list[tuple[int, int]]:
     bad = (codes & CODE_MASK) == INVALID
     if not bad.any():
@@ -174,7 +108,7 @@ def _runs_of_invalid(codes: np.ndarray, base: int) -> list[tuple[int, int]]:
 def prepare_file(file_index: int, uri: str, run_uri: str, storage_options: dict | None, min_length: int,
                  shard_bytes: int, progress: Any = None) -> dict[str, Any]:
     """Parse, validate and shard one FASTA file. Returns its records, shards and checksum, or an error."""
-    writer = _ShardWriter(run_uri, file_index, shard_bytes, storage_options)
+    writer = ShardWriter(run_uri, file_index, shard_bytes, storage_options)
     records: list[dict[str, Any]] = []
     skipped = 0
     pending = 0
@@ -244,42 +178,6 @@ def prepare_file(file_index: int, uri: str, run_uri: str, storage_options: dict 
         writer.cleanup()
 
 
-# ---- the validation split -----------------------------------------------------------------------
-def validation_blocks(lengths: np.ndarray, val_fraction: float, seed: int) -> list[tuple[int, int, int]]:
-    """Contiguous held-out blocks ``(record, start, end)``, about ``val_fraction`` of all bases.
-
-    The genome (records end to end) is cut into equal strata and one block is placed at a seeded
-    position in each, so blocks spread across records and along each one. Windows are later cut
-    inside either a training or a validation interval, never across, so no validation window can
-    overlap a training window whatever the window size.
-    """
-    total = int(lengths.sum())
-    if val_fraction <= 0 or total == 0:
-        return []
-    target = max(1, round(total * val_fraction))
-    block = int(np.clip(target // 16, 4096, 1_000_000))
-    n_blocks = max(1, round(target / block))
-    rng = np.random.default_rng([seed, 0x5A11])
-    offsets = np.concatenate(([0], np.cumsum(lengths)))
-    stratum = total / n_blocks
-    chosen: list[tuple[int, int, int]] = []
-    for i in range(n_blocks):
-        p = int(i * stratum + rng.random() * stratum)
-        r = int(np.searchsorted(offsets, p, side="right") - 1)
-        length = int(lengths[r])
-        size = min(block, length)
-        start = int(np.clip(p - offsets[r] - size // 2, 0, length - size))
-        chosen.append((r, start, start + size))
-    chosen.sort()
-    merged: list[tuple[int, int, int]] = []
-    for r, s, e in chosen:
-        if merged and merged[-1][0] == r and s <= merged[-1][2]:
-            merged[-1] = (r, merged[-1][1], max(e, merged[-1][2]))
-        else:
-            merged.append((r, s, e))
-    return merged
-
-
 # ---- the driver ---------------------------------------------------------------------------------
 def _progress_actor():
     import ray
@@ -296,16 +194,6 @@ def _progress_actor():
             return self.bases
 
     return Progress.remote()
-
-
-def read_manifest(prepared: str, storage_options: dict | None = None) -> dict[str, Any]:
-    uri = storage.join(prepared, MANIFEST)
-    if not storage.exists(uri, storage_options):
-        raise UserError(f"{prepared}: no {MANIFEST}; run 'randommask data prepare SRC --out {prepared}' first")
-    manifest = json.loads(storage.read_bytes(uri, storage_options))
-    if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-        raise UserError(f"{uri}: not a randommask {FORMAT} v{FORMAT_VERSION} manifest; re-run data prepare")
-    return manifest
 
 
 def parse_resources(text: str | None) -> dict[str, float] | None:
@@ -329,12 +217,15 @@ def parse_resources(text: str | None) -> dict[str, float] | None:
 
 def prepare(sources: list[str], out: str, val_fraction: float = 0.01, seed: int = 0, min_length: int = 1,
             storage_options: dict | None = None, shard_bytes: int = DEFAULT_SHARD_BYTES,
-            show_progress: bool = True, resources: dict[str, float] | None = None) -> dict[str, Any]:
+            show_progress: bool = True, resources: dict[str, float] | None = None,
+            corpus: CorpusOptions | None = None) -> dict[str, Any]:
     """Prepare FASTA ``sources`` into shards and a manifest at ``out``; returns the manifest. Each
-    task asks for TASK_CPUS and ``resources`` (custom Ray resources: where a cluster lets it run)."""
+    task asks for TASK_CPUS and ``resources`` (custom Ray resources: where a cluster lets it run).
+    Tables, ``corpus.pack`` or ``corpus.exclude`` make a packed corpus of short records (corpus.py)."""
     import ray
 
     from randommask.common.ray_runtime import ensure_ray
+    from randommask.data.corpus import CorpusOptions, prepare_corpus  # imports this module
 
     if not sources:
         raise UserError("no sources given; pass FASTA files, directories or globs")
@@ -344,6 +235,10 @@ def prepare(sources: list[str], out: str, val_fraction: float = 0.01, seed: int 
         raise UserError(f"--min-length must be >= 1, got {min_length}")
     with storage.preflight():  # a wrong path, endpoint or key fails in seconds, before Ray starts
         inputs = expand_sources(sources, storage_options)
+    if (corpus or CorpusOptions()).applies(inputs):
+        return prepare_corpus(inputs, out, corpus or CorpusOptions(), val_fraction=val_fraction, seed=seed,
+                              min_length=min_length, storage_options=storage_options, shard_bytes=shard_bytes)
+    with storage.preflight():
         check_sources(inputs, storage_options)
         # Check the destination before any work: a bad endpoint or key fails here, in one line.
         old_run = None
@@ -381,51 +276,11 @@ def prepare(sources: list[str], out: str, val_fraction: float = 0.01, seed: int 
     if not records:
         fail(f"no record of at least {min_length} bp in the sources")
 
-    manifest = _build_manifest(inputs, results, records, run, val_fraction, seed, min_length, out, storage_options)
+    manifest = build_manifest(inputs, results, records, run, val_fraction, seed, min_length, out, storage_options)
     storage.write_bytes(storage.join(out, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode(), storage_options)
     if old_run and old_run != run:
         storage.remove(storage.join(out, "shards", old_run), storage_options, recursive=True)
     return manifest
-
-
-def _build_manifest(inputs, results, records, run, val_fraction, seed, min_length, out, storage_options):
-    lengths = np.array([rec["length"] for _, rec in records], dtype=np.int64)
-    offsets = np.concatenate(([0], np.cumsum(lengths)))
-    nruns = [rec["nruns"] + offsets[i] for i, (_, rec) in enumerate(records)]
-    nruns_arr = np.concatenate(nruns) if nruns else np.zeros((0, 2), dtype=np.int64)
-    buf = io.BytesIO()
-    np.save(buf, nruns_arr.astype(np.int64))
-    storage.write_bytes(storage.join(out, "shards", run, "nruns.npy"), buf.getvalue(), storage_options)
-    val = validation_blocks(lengths, val_fraction, seed)
-    val_bases = sum(e - s for _, s, e in val)
-    n_total = int(sum(rec["n_bases"] for _, rec in records))
-    soft_total = int(sum(rec["soft_bases"] for _, rec in records))
-    source_of = {r["index"]: r["source"] for r in results}
-    return {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "run": run,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "options": {"val_fraction": val_fraction, "seed": seed, "min_length": min_length},
-        "encoding": "1 byte per base: bits 0-2 code (A=0 T=1 C=2 G=3 other=4), bit 3 lowercase",
-        "sources": [{"uri": source_of[r["index"]]["uri"], "bytes": source_of[r["index"]]["bytes"],
-                     "sha256": source_of[r["index"]]["sha256"], "records": len(r["records"]),
-                     "skipped_records": r["skipped"]} for r in results],
-        "shards": [{"path": f"shards/{run}/{s['name']}", "bytes": s["bytes"], "sha256": s["sha256"]}
-                   for r in results for s in r["shards"]],
-        "nruns": f"shards/{run}/nruns.npy",
-        "records": [{"name": rec["name"], "source": r["index"], "length": rec["length"],
-                     "n_fraction": round(rec["n_bases"] / rec["length"], 6),
-                     "soft_fraction": round(rec["soft_bases"] / rec["length"], 6),
-                     "shard": f"shards/{run}/{rec['shard']}", "offset": rec["offset"],
-                     "global_offset": int(offsets[i])} for i, (r, rec) in enumerate(records)],
-        "validation": [{"record": r, "start": s, "end": e} for r, s, e in val],
-        "totals": {"files": len(results), "records": len(records), "bases": int(lengths.sum()),
-                   "n_bases": n_total, "soft_bases": soft_total,
-                   "skipped_records": sum(r["skipped"] for r in results),
-                   "validation_bases": int(val_bases), "train_bases": int(lengths.sum() - val_bases),
-                   "validation_fraction": round(val_bases / max(1, int(lengths.sum())), 6)},
-    }
 
 
 def _wait_with_progress(refs, progress, total_bytes: int, show: bool) -> list[dict]:

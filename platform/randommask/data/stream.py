@@ -80,7 +80,7 @@ def load_nruns(prepared: str, manifest: dict, storage_options: dict | None) -> n
 def build_plan(prepared: str, split: str = "train", window_bp: int = 512, seed: int = 0, epoch: int = 0,
                max_n_fraction: float = 0.1, num_shards: int = 1, shard_index: int = 0,
                windows_per_block: int = 64, blocks_per_chunk: int = 16, storage_options: dict | None = None,
-               manifest: dict | None = None, nruns: np.ndarray | None = None) -> EpochPlan:
+               manifest: dict | None = None, nruns: np.ndarray | None = None, k: int | None = None) -> EpochPlan:
     if split not in SPLITS:
         raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if window_bp < 1:
@@ -90,6 +90,10 @@ def build_plan(prepared: str, split: str = "train", window_bp: int = 512, seed: 
     if not 0 <= shard_index < num_shards:
         raise UserError(f"shard_index must be in [0, num_shards), got {shard_index} of {num_shards}")
     manifest = manifest or read_manifest(prepared, storage_options)
+    join_n = manifest.get("packing", {}).get("join_n")
+    if k is not None and join_n is not None and k > join_n:  # a k-mer could then span two packed records
+        raise UserError(f"{prepared}: records are joined by {join_n} N, fewer than k={k}; re-run data prepare "
+                        f"with --join-n {k}")
     nruns = load_nruns(prepared, manifest, storage_options) if nruns is None else nruns
     records = manifest["records"]
     intervals = split_intervals(manifest, split)
@@ -247,7 +251,7 @@ def pretraining_dataset(data: DataSection | Mapping[str, Any], split: str = "tra
 
     d = data_section(data)
     plan = build_plan(d.prepared, split, d.window_bp, seed, epoch, d.max_n_fraction, num_shards, shard_index,
-                      windows_per_block, blocks_per_chunk, d.options)
+                      windows_per_block, blocks_per_chunk, d.options, k=d.k)
     if not 0 <= start_sample <= plan.num_samples:
         raise UserError(f"start_sample {start_sample} is outside this epoch's {plan.num_samples} windows")
     ensure_ray()
@@ -282,7 +286,7 @@ def validation_windows(data: DataSection | Mapping[str, Any], limit: int = 1024)
     # One window per block, every block in one chunk: the plan lists each valid window's position.
     d = data_section(data)
     plan = build_plan(d.prepared, "validation", d.window_bp, max_n_fraction=d.max_n_fraction, windows_per_block=1,
-                      blocks_per_chunk=1 << 62, storage_options=d.options)
+                      blocks_per_chunk=1 << 62, storage_options=d.options, k=d.k)
     if not plan.num_samples:
         raise UserError(f"{d.prepared}: no validation windows of {d.window_bp} bp (prepare with a larger --val-fraction "
                         "or use shorter windows)")
