@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from randommask.cli.options import add_storage_options, storage_options_from
+from randommask.cli.options import add_allow_untrained, add_storage_options, storage_options_from
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -16,8 +16,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "checkpoint and settings skips what is there, one with others is refused")
     p.add_argument("--overwrite", action="store_true", help="replace the results in --out made with another "
                    "checkpoint or other settings, instead of refusing")
-    p.add_argument("--window-bp", type=int, help="bases the model sees at once (default: all its positions; give the "
-                   "pretraining's data.window_bp for a model trained on shorter windows)")
+    p.add_argument("--window-bp", type=int, help="bases the model sees at once (default: its pretraining window, "
+                   "recorded in its config.json; else its run's data.window_bp; else all its positions)")
+    add_allow_untrained(p)
     p.add_argument("--actors", type=int, default=1, help="model copies (Ray Data actors) working at once")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="on GPU clusters, e.g. 1 (bf16 on CUDA)")
@@ -32,8 +33,9 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
                    help="mean: fp32 mean over the region's k-mer tokens ([CLS]/[SEP] excluded); cls: the [CLS] vector")
     p.add_argument("--layer", type=int, default=-1, help="hidden layer to pool (-1: the last; 0: the embeddings)")
     p.add_argument("--batch-size", type=int, default=64, help="regions per batch")
-    p.add_argument("--no-tile", action="store_true", help="refuse regions longer than the model's positions "
-                   "instead of embedding them in tiles")
+    p.add_argument("--no-tile", action="store_true", help="read each region whole: refuse one longer than the "
+                   "model's positions (or than its trained window, without --allow-untrained-positions) instead of "
+                   "embedding it in tiles")
     p.add_argument("--strands", choices=("auto", "both", "forward"), default="auto",
                    help="auto: a BED + or - region on its strand, one without a strand as the mean of both; both: "
                    "the mean of both strands for every region; forward: as the genome reads, strand ignored")
@@ -44,7 +46,7 @@ def run_embed(args: argparse.Namespace) -> None:
 
     s = embed(args.checkpoint, args.fasta, args.regions, args.out, pool=args.pool, layer=args.layer,
               batch_size=args.batch_size, window_bp=args.window_bp, tile=not args.no_tile, strands=args.strands,
-              actors=args.actors,
+              actors=args.actors, allow_untrained_positions=args.allow_untrained_positions,
               cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor, overwrite=args.overwrite,
               storage_options=storage_options_from(args))
     rate = f", {s['embedded'] / s['seconds']:.1f} regions/s" if s["seconds"] else ""
@@ -74,7 +76,7 @@ def run_score_variants(args: argparse.Namespace) -> None:
     from randommask.inference.variants import score_variants
 
     s = score_variants(args.checkpoint, args.fasta, args.vcf, args.out, window_bp=args.window_bp, variants=args.variants,
-                       regions=args.region, out_vcf=args.out_vcf,
+                       regions=args.region, out_vcf=args.out_vcf, allow_untrained_positions=args.allow_untrained_positions,
                        strands=args.strands, batch_size=args.batch_size, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                        gpus_per_actor=args.gpus_per_actor, overwrite=args.overwrite,
                        storage_options=storage_options_from(args))
@@ -97,8 +99,9 @@ def add_zeroshot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--positions", type=int, default=5000, help="held-out positions (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the positions drawn")
     p.add_argument("--out", required=True, help="the JSON file to write (local or s3://)")
-    p.add_argument("--window-bp", type=int, help="bases the model sees (default: its run's data.window_bp, else all "
-                   "its positions; made odd, centred on the base)")
+    p.add_argument("--window-bp", type=int, help="bases the model sees (default: its pretraining window, recorded in "
+                   "its config.json; else its run's data.window_bp; else all its positions; made odd, centred on the base)")
+    add_allow_untrained(p)
     p.add_argument("--strands", choices=("both", "forward"), default="both")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     add_storage_options(p)
@@ -109,6 +112,7 @@ def run_zeroshot(args: argparse.Namespace) -> None:
 
     r = zeroshot(args.checkpoint, args.prepared, args.out, positions=args.positions, seed=args.seed,
                  window_bp=args.window_bp, strands=args.strands, threads=args.threads,
+                 allow_untrained_positions=args.allow_untrained_positions,
                  storage_options=storage_options_from(args))
     print(f"zeroshot {standing(r)}")
     print(f"out      {args.out}")

@@ -18,3 +18,9 @@ def storage_options_from(args: argparse.Namespace) -> dict | None:
     if getattr(args, "anon", False):
         opts["anon"] = True
     return opts or None
+
+
+def add_allow_untrained(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-untrained-positions", action="store_true",
+                   help="go on when an input needs more positions than the checkpoint's pretraining windows held "
+                   "(its config.json records them); default: off, such inputs are refused before any work")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from randommask.cli.options import add_storage_options, storage_options_from
+from randommask.cli.options import add_allow_untrained, add_storage_options, storage_options_from
 from randommask.errors import UserError
 
 
@@ -180,6 +180,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mlflow-uri", help="log a parent run and one run per (dataset, seed) trial to this MLflow "
                    "tracking server (default: MLFLOW_TRACKING_URI; none: off, even where that is set)")
     p.add_argument("--out", required=True)
+    add_allow_untrained(p)
     add_storage_options(p)
 
 
@@ -190,7 +191,8 @@ def run_finetune(args: argparse.Namespace) -> None:
                  max_eval=args.max_eval, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                  protocol=args.protocol, lora=args.lora,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, baselines=args.baselines,
-                 storage_options=storage_options_from(args), mlflow_uri=args.mlflow_uri, save_models=args.save_models)
+                 storage_options=storage_options_from(args), mlflow_uri=args.mlflow_uri, save_models=args.save_models,
+                 allow_untrained_positions=args.allow_untrained_positions)
     for row in r["datasets"]:
         score = f"{row['score_mean']:.4f} ± {row['score_std']:.4f}" if "score_mean" in row else "failed"
         rank = f"  rank {row['rank']}/{row['rank_of']}" if "rank" in row else ""
@@ -295,7 +297,9 @@ def add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-train", type=int, help="subsample training rows (default: all)")
     p.add_argument("--max-eval", type=int, help="subsample test rows (default: all)")
     p.add_argument("--window-bp", type=int, help="read sequences as windows of this many bases, k-mers shared by "
-                   "none (default: the checkpoint's run's data.window_bp when known; 0: whole sequences)")
+                   "none (default: its pretraining window, recorded in its config.json, else its run's "
+                   "data.window_bp; 0 or neither known: whole sequences)")
+    add_allow_untrained(p)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--out", required=True, help="the JSON file to write (local or s3://)")
     add_storage_options(p)
@@ -305,7 +309,8 @@ def run_probe(args: argparse.Namespace) -> None:
     from randommask.evaluation.probe import probe
 
     r = probe(args.checkpoint, args.gue_dir, args.tasks, args.out, max_train=args.max_train, max_eval=args.max_eval,
-              window_bp=args.window_bp, threads=args.threads, storage_options=storage_options_from(args))
+              window_bp=args.window_bp, threads=args.threads, allow_untrained_positions=args.allow_untrained_positions,
+              storage_options=storage_options_from(args))
     print(f"mean     model {r['mean']['model']:.4f}, bag of {r['k']}-mers {r['mean']['kmer_bag']:.4f}, chance 0 "
           f"({len(r['results'])} dataset(s), {len(r['skipped'])} skipped; " + (f"windows of {r['window_bp']} bp)" if r["window_bp"] else "whole sequences)"))
     print(f"out      {args.out}")

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from randommask.data.tokenizer import MAX_K
+from randommask.data.tokenizer import MAX_K, KmerTokenizer
 
 
 class Section(BaseModel):
@@ -18,7 +18,8 @@ class Section(BaseModel):
 
 class DataSection(Section):
     prepared: str = Field(description="prepared dataset (randommask data prepare --out): local path or s3://")
-    window_bp: int = Field(512 - 2 + 6 - 1, ge=8, description="bases per window; 515 gives 512 tokens for k=6")
+    window_bp: int = Field(KmerTokenizer(6).bases_for(512), ge=8,
+                           description="bases per window; 515 gives DNABERT's 512 positions for k=6")
     k: int = Field(6, ge=1, le=MAX_K)
     stride: int = Field(1, ge=1)
     rc_prob: float = Field(0.5, ge=0, le=1)

@@ -129,8 +129,15 @@ class KmerTokenizer:
         return (length_bp - self.k) // self.stride + 1 if length_bp >= self.k else 0
 
     def num_tokens(self, length_bp: int) -> int:
-        """Tokens for a sequence of ``length_bp`` bases, [CLS] and [SEP] included."""
+        """Tokens for a sequence of ``length_bp`` bases, [CLS] and [SEP] included: the positions it needs."""
         return self.num_kmers(length_bp) + 2
+
+    def bases_for(self, positions: int) -> int:
+        """The most bases whose k-mers, with [CLS] and [SEP], fit ``positions`` positions (the inverse of
+        :meth:`num_tokens`): 512 positions hold 515 bases of overlapping 6-mers."""
+        if positions < 3:
+            raise UserError(f"{positions} positions hold no k-mer beside [CLS] and [SEP]")
+        return (positions - 3) * self.stride + self.k
 
     @property
     def vocab(self) -> list[str]:

@@ -50,8 +50,11 @@ class GueDataset:
 
     @property
     def max_tokens(self) -> int:
-        """6-mer tokens for the full sequence plus [CLS]/[SEP], capped by max_length and 512 positions."""
-        return min(self.length_bp - 6 + 3, self.max_length, 512)
+        """6-mer tokens for the full sequence plus [CLS]/[SEP], capped by max_length and a BERT's positions."""
+        from randommask.data.tokenizer import KmerTokenizer
+        from randommask.training.model import MAX_POSITIONS
+
+        return min(KmerTokenizer(6).num_tokens(self.length_bp), self.max_length, MAX_POSITIONS)
 
     def published(self) -> dict:
         """The published protocol's values, under the scripts' names."""

@@ -21,9 +21,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from randommask.common import rundir, storage
+from randommask.common import storage
 from randommask.common.checkpoints import node_checkpoint, provenance
 from randommask.data.tokenizer import KmerTokenizer, vocab_size_for
+from randommask.data.window import trained_window
 from randommask.errors import UserError
 from randommask.evaluation import gue
 
@@ -114,10 +115,10 @@ def linear_probe(model_dir: str, gue_dir: str, datasets: list[str], max_train: i
 
 def probe(checkpoint: str, gue_dir: str, tasks: str, out: str, max_train: int | None = None,
           max_eval: int | None = None, window_bp: int | None = None, threads: int | None = None,
-          storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+          allow_untrained_positions: bool = False, storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """``randommask probe``: the model's probe and the bag of k-mers' on each dataset, written to the
-    JSON ``out`` with what produced it. ``window_bp`` defaults to the checkpoint's run's
-    ``data.window_bp`` when it is known (0: whole sequences). ``threads``: torch's threads (one
+    JSON ``out`` with what produced it. ``window_bp`` defaults to the checkpoint's trained window
+    when it is known (``data.window``; 0: whole sequences). ``threads``: torch's threads (one
     beside other work on the same cores is several times faster than oversubscribing them)."""
     for flag, value in (("--max-train", max_train), ("--max-eval", max_eval), ("--threads", threads)):
         if value is not None and value < 1:
@@ -129,9 +130,16 @@ def probe(checkpoint: str, gue_dir: str, tasks: str, out: str, max_train: int | 
         torch.set_num_threads(threads)
     local = node_checkpoint(checkpoint, storage_options)
     tok = KmerTokenizer.from_pretrained(local)
-    window = rundir.training_window(checkpoint) if window_bp is None else (window_bp or None)
+    trained = trained_window(local, checkpoint, tok)
+    window = trained.bp if window_bp is None else (window_bp or None)
     if window is not None:
         windows_of("", window, tok.k, tok.stride)  # refuses a window shorter than one k-mer, before any work
+    splits = {name: _splits(gue_dir, name, max_train, max_eval, storage_options) for name in present}
+    for name, ((trs, _), (tes, _)) in splits.items():  # what each dataset's pieces need, before any work
+        longest = max(len(s) for s in trs + tes)
+        need = min(tok.num_tokens(min(longest, window or longest)), trained.limit)
+        what = f"GUE {name} (sequences up to {longest} bp" + (f", windows of {window} bp)" if window else ", whole)")
+        trained.require(need, what, allow_untrained_positions, log)
     settings = {"gue_dir": gue_dir, "datasets": present, "max_train": max_train, "max_eval": max_eval,
                 "window_bp": window}
     result: dict[str, Any] = {**settings, "k": tok.k, "chance": 0.0, "results": {},
@@ -139,7 +147,7 @@ def probe(checkpoint: str, gue_dir: str, tasks: str, out: str, max_train: int | 
                               "provenance": provenance("probe", checkpoint, settings, storage_options)}
     for name in present:
         t0 = time.perf_counter()
-        (trs, try_), (tes, tey) = _splits(gue_dir, name, max_train, max_eval, storage_options)
+        (trs, try_), (tes, tey) = splits[name]
         metric = gue.REGISTRY[name].metric
         model = fit_score(embed(local, trs, window_bp=window), try_, embed(local, tes, window_bp=window), tey)
         bag = fit_score(kmer_bag(trs, tok.k, tok.stride), try_, kmer_bag(tes, tok.k, tok.stride), tey)

@@ -65,6 +65,8 @@ def finetune_card(result: dict[str, Any], base: dict[str, Any], reference: dict[
         ("Data", table(["split", "rows used"], [("train", f"{ran['n_train']:,}"), ("dev", f"{ran['n_dev']:,}"),
                                                 ("test", f"{ran['n_test']:,}")])
          + f"\n\nSequences of about {ds.length_bp} bp, at most {ran['max_tokens']} tokens."
+         + (f" The pretrained model's windows held {parent['window_bp']} bp ({parent['window_tokens']} positions; "
+            "config.json records it as `randommask_window_bp`)." if parent.get("window_bp") else "")
          + (" Rows were subsampled (the same rows for every seed and model)."
             if result.get("max_train") or result.get("max_eval") else "")),
         ("Fine-tuning", table(["", ""], [

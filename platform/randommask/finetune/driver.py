@@ -17,6 +17,7 @@ from randommask.evaluation import gue
 from randommask.finetune import protocol as protocols
 from randommask.finetune.results import aggregate, comparability, load_baselines, write_results
 from randommask.finetune.trial import trial_file, tune_trial
+from randommask.finetune.window import check_trained_window
 
 TRIAL_RETRIES = 2  # a trial that fails (lost node, storage fault) runs again from its start
 
@@ -25,10 +26,12 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
              max_eval: int | None = None, epochs: int | None = None, lr: float | None = None,
              batch_size: int | None = None, protocol: str = "published", lora: bool = False, cpus_per_trial: float = 1.0,
              gpus_per_trial: float = 0.0, baselines: str | None = None, storage_options: dict | None = None,
-             log=print, mlflow_uri: str | None = None, save_models: bool = False) -> dict[str, Any]:
+             log=print, mlflow_uri: str | None = None, save_models: bool = False,
+             allow_untrained_positions: bool = False) -> dict[str, Any]:
     """Fine-tune ``checkpoint`` on GUE datasets with Ray Tune under ``protocol`` (published, fast;
     overrides make it custom); returns the aggregated results. ``save_models`` keeps each trial's
-    selected model, with its card, under ``OUT/models/``."""
+    selected model, with its card, under ``OUT/models/``. A dataset needing positions the checkpoint
+    never trained is refused before any trial unless ``allow_untrained_positions`` (``finetune.window``)."""
     if protocol not in protocols.PROTOCOLS:
         raise UserError(f"--protocol {protocol!r}: choose one of {', '.join(protocols.PROTOCOLS)}")
     if seeds < 1:
@@ -57,6 +60,8 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
     published = load_baselines(baselines) if baselines else None
     local_ckpt = node_checkpoint(checkpoint, storage_options)  # fails here, before any trial, if unusable
     KmerTokenizer.from_pretrained(local_ckpt)
+    check_trained_window(local_ckpt, checkpoint, gue_dir, present, max_train, max_eval, allow_untrained_positions,
+                         storage_options, log)
     if lora:
         try:
             import peft  # noqa: F401

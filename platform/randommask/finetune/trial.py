@@ -16,6 +16,7 @@ from randommask.common.checkpoints import node_checkpoint
 from randommask.data.tokenizer import KmerTokenizer
 from randommask.evaluation import gue
 from randommask.finetune import protocol
+from randommask.finetune.window import row_tokens
 from randommask.training.model import autocast
 from randommask.training.step import lr_factor, param_groups
 
@@ -81,7 +82,7 @@ def run_trial(p: dict[str, Any], report: Callable[[dict], None] | None = None,
         data[split] = gue.subsample(seqs, labels, limit, seed=0)  # the same rows for every seed and model
     model = BertForSequenceClassification.from_pretrained(ckpt, num_labels=ds.classes, attn_implementation="sdpa")
     longest = max(len(s) for split in gue.SPLITS for s in data[split][0])
-    max_len = min(tok.num_tokens(longest), plan["max_length"], model.config.max_position_embeddings)
+    max_len = row_tokens(tok, longest, plan["max_length"], model.config.max_position_embeddings)
     tensors = {}
     for split in gue.SPLITS:
         enc = tok.encode_batch(data[split][0], max_length=max_len)

@@ -11,7 +11,7 @@ every region as the genome does, its strand ignored.
 
 ``--pool mean``: the fp32 mean of the chosen layer's hidden states over the region's k-mer
 tokens; [CLS] and [SEP] are not included, and no context outside the region is added. A region
-longer than the model's positions is cut into tiles overlapping by ``k - stride`` bases, so each
+longer than the trained window (``data.window``) is cut into tiles overlapping by ``k - stride`` bases, so each
 k-mer is in exactly one tile and the mean counts each once. ``--pool cls``: the [CLS] vector, for a
 tiled region the mean of its tiles' [CLS] vectors weighted by their k-mer counts.
 """
@@ -136,7 +136,7 @@ class Embedder:
 def embed(checkpoint: str, fasta: str, regions: str, out: str, pool: str = "mean", layer: int = -1,
           batch_size: int = 64, window_bp: int | None = None, tile: bool = True, strands: str = "auto", actors: int = 1,
           cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, overwrite: bool = False,
-          storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+          allow_untrained_positions: bool = False, storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Embed every region of the BED file into Parquet files under ``out``; returns a summary."""
     if pool not in ("mean", "cls"):
         raise UserError(f"--pool {pool!r}: choose mean or cls")
@@ -145,23 +145,29 @@ def embed(checkpoint: str, fasta: str, regions: str, out: str, pool: str = "mean
     for flag, value in (("--batch-size", batch_size), ("--actors", actors)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
-    tok, config = runtime.model_limits(checkpoint, storage_options)
+    tok, config, trained = runtime.model_limits(checkpoint, storage_options)
     n_layers = config.num_hidden_layers
     if not -(n_layers + 1) <= layer <= n_layers:
         raise UserError(f"--layer {layer}: the model has {n_layers} layers (0 is the embeddings, -1 the last)")
-    max_kmers = config.max_position_embeddings - 2
+    all_kmers = tok.num_kmers(tok.bases_for(config.max_position_embeddings))
     if window_bp is not None:
         if tok.num_kmers(window_bp) < 1:
             raise UserError(f"--window-bp {window_bp}: shorter than one {tok.k}-mer")
-        max_kmers = min(max_kmers, tok.num_kmers(window_bp))
+        max_kmers = min(all_kmers, tok.num_kmers(window_bp))
+        trained.require(max_kmers + 2, f"--window-bp {window_bp} (tiles of {max_kmers} {tok.k}-mers)",
+                        allow_untrained_positions, log)
+    else:  # tiles of the trained window; --no-tile: a region may take all the positions, if trained
+        max_kmers = min(all_kmers, tok.num_kmers(trained.default_bp(tok))) if tile else all_kmers
     fa = fasta_io.open_fasta(fasta, storage_options, log)
     regs = read_bed(regions, fasta_io.contig_lengths(fa), tok.k, storage_options)
     if not tile:
         for r in regs:
             need = tok.num_kmers(r.end - r.start)
+            what = f"--no-tile: region {r.name} ({r.chrom}:{r.start}-{r.end})"
             if need > max_kmers:
-                raise UserError(f"--no-tile: region {r.name} ({r.chrom}:{r.start}-{r.end}) needs {need} k-mer tokens, "
-                                f"the model takes {max_kmers}; drop --no-tile to embed it in tiles")
+                raise UserError(f"{what} needs {need} k-mer tokens, the model takes {max_kmers}; drop --no-tile "
+                                "to embed it in tiles")
+            trained.require(need + 2, what, allow_untrained_positions, log)
     prov = provenance("embed", checkpoint, {"pool": pool, "layer": layer, "max_kmers": max_kmers,
                                                     "tile": tile, "strands": strands}, storage_options)
     prov_io.claim(out, prov, overwrite, storage_options, log)
@@ -173,6 +179,7 @@ def embed(checkpoint: str, fasta: str, regions: str, out: str, pool: str = "mean
         f"{n_tiles} tile(s) of at most {max_kmers} {tok.k}-mers), pool {pool}, layer {layer}, strands {strands}, "
         f"{actors} actor(s)")
     summary = {"regions": len(regs), "skipped": len(regs) - len(todo), "embedded": len(todo), "tiles": n_tiles,
+               "max_kmers": max_kmers,
                "dim": config.hidden_size, "pool": pool, "layer": layer, "strands": strands, "out": out, "seconds": 0.0}
     if todo:
         rows = [{"chrom": r.chrom, "start": r.start, "end": r.end, "name": r.name,

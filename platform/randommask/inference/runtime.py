@@ -65,15 +65,18 @@ def masked_log_probs(model, ids, attention_mask=None):
     return torch.log_softmax(model.cls(hidden[ids == MASK]).float(), -1)
 
 
-def model_limits(checkpoint: str, storage_options: dict | None = None) -> tuple[Any, Any]:
-    """(tokenizer, config) of a checkpoint, read in the driver before any work starts."""
+def model_limits(checkpoint: str, storage_options: dict | None = None) -> tuple[Any, Any, Any]:
+    """(tokenizer, config, trained window (``data.window.TrainedWindow``)) of a checkpoint, read in the
+    driver before any work starts."""
     from transformers import BertConfig
 
     from randommask.common.checkpoints import node_checkpoint
     from randommask.data.tokenizer import KmerTokenizer
+    from randommask.data.window import trained_window
 
     local = node_checkpoint(checkpoint, storage_options)
-    return KmerTokenizer.from_pretrained(local), BertConfig.from_pretrained(local)
+    tok = KmerTokenizer.from_pretrained(local)
+    return tok, BertConfig.from_pretrained(local), trained_window(local, checkpoint, tok)
 
 
 def parquet_files(out: str, storage_options: dict | None = None) -> list[str]:

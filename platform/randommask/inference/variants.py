@@ -150,22 +150,23 @@ class Scorer:
 def score_variants(checkpoint: str, fasta: str, vcf: str | None, out: str, window_bp: int | None = None,
                    strands: str = "both", batch_size: int = 64, overwrite: bool = False, actors: int = 1,
                    cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, variants: str | None = None,
-                   regions: list[str] | None = None, out_vcf: str | None = None, storage_options: dict | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   regions: list[str] | None = None, out_vcf: str | None = None, allow_untrained_positions: bool = False,
+                   storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """One row per ALT allele of the VCF (or the ``variants`` table) in Parquet files under ``out``,
     sorted in genome order: scored where it is an SNV of A/C/G/T after trimming, else with its reason
     in ``error``; with ``out_vcf``, the records as an annotated VCF too. Returns a summary."""
     for flag, value in (("--batch-size", batch_size), ("--actors", actors)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
-    tok, config = runtime.model_limits(checkpoint, storage_options)
-    max_bp = (config.max_position_embeddings - 3) * tok.stride + tok.k  # the model's positions, in bases
+    tok, config, trained = runtime.model_limits(checkpoint, storage_options)
+    max_bp = tok.bases_for(config.max_position_embeddings)  # the model's positions, in bases
     if strands not in STRANDS:
         raise UserError(f"--strands {strands}: choose one of {', '.join(STRANDS)}")
-    window = min(window_bp or max_bp, max_bp)
-    window = centred_window(window)
+    window = centred_window(min(window_bp or trained.default_bp(tok), max_bp))
     if window < tok.k:
         raise UserError(f"--window-bp {window_bp}: shorter than one {tok.k}-mer")
+    trained.require(tok.num_tokens(window), f"--window-bp {window_bp} (windows of {window} bp)" if window_bp else f"windows of {window} bp",
+                    allow_untrained_positions, log)
     fa = fasta_io.open_fasta(fasta, storage_options, log)  # index it once, here, before the workers read it
     if (vcf is None) == (variants is None):
         raise UserError("give the variants as --vcf FILE or as --variants TABLE (one of them)")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from randommask.common import rundir, storage
+from randommask.common import storage
 from randommask.common.checkpoints import provenance
 from randommask.data.counting import BackoffTable, Queries
 from randommask.data.floors import BASE_TABLE_FLANKS, COUNTING_FLANKS, split_codes
@@ -90,16 +90,17 @@ def model_log_p_ref(checkpoint: str, windows: np.ndarray, strands: str, batch_si
 
 def zeroshot(checkpoint: str, prepared: str, out: str, positions: int = 5000, seed: int = 0,
              window_bp: int | None = None, strands: str = "both", batch_size: int = 256, threads: int | None = None,
-             storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+             allow_untrained_positions: bool = False, storage_options: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Score the model and the tables at the same held-out positions; write the JSON to ``out``."""
     if positions < 1:
         raise UserError(f"--positions must be >= 1, got {positions}")
     if strands not in STRANDS:
         raise UserError(f"--strands {strands}: choose one of {', '.join(STRANDS)}")
-    tok, config = runtime.model_limits(checkpoint, storage_options)
-    max_bp = (config.max_position_embeddings - 3) * tok.stride + tok.k
-    window = min(window_bp or rundir.training_window(checkpoint) or max_bp, max_bp)
-    window = centred_window(window)
+    tok, config, trained = runtime.model_limits(checkpoint, storage_options)
+    max_bp = tok.bases_for(config.max_position_embeddings)
+    window = centred_window(min(window_bp or trained.default_bp(tok), max_bp))
+    trained.require(tok.num_tokens(window), f"--window-bp {window_bp} (windows of {window} bp)" if window_bp else f"windows of {window} bp",
+                    allow_untrained_positions, log)
     half = window // 2
     if half < max(BASE_TABLE_FLANKS) or window < tok.k:
         raise UserError(f"--window-bp {window}: needs at least {2 * max(BASE_TABLE_FLANKS) + 1} bases "

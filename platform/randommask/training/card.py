@@ -12,6 +12,7 @@ import yaml
 from randommask import __version__
 from randommask.common.modelcard import nats, render, table
 from randommask.data.floors import best_counting
+from randommask.data.window import WINDOW_BP, WINDOW_TOKENS
 from randommask.training.config import PretrainConfig
 from randommask.training.metrics import is_eval_line
 
@@ -55,7 +56,8 @@ def pretraining_card(cfg: PretrainConfig, history: list[dict], floors: dict | No
         "tags": list(dict.fromkeys(["dna", "genomics", "bert", "masked-language-model", f"{d.k}-mer", "randommask",
                                     m.strategy])),
         "randommask": {"version": __version__, "run": cfg.run.name, "masking": m.strategy, "k": d.k,
-                       "stride": d.stride, "steps": last.get("step", 0), "tokens": last.get("tokens", 0),
+                       "stride": d.stride, "window_bp": model_config.get(WINDOW_BP),
+                       "window_tokens": model_config.get(WINDOW_TOKENS), "steps": last.get("step", 0), "tokens": last.get("tokens", 0),
                        "init_from": cfg.model.init_from, "lineage": parent,
                        "data_sha256": [s["sha256"] for s in (manifest or {}).get("sources", [])]},
     }
@@ -74,14 +76,15 @@ def pretraining_card(cfg: PretrainConfig, history: list[dict], floors: dict | No
         what += ")."
     sections = [
         ("Model", what),
-        ("How to load", _how_to_load(d.k, d.stride)),
+        ("How to load", _how_to_load(d.k, d.stride, model_config)),
         ("Architecture", table(["", ""], [
             ("preset", cfg.model.preset), ("layers", model_config.get("num_hidden_layers")),
             ("hidden size", model_config.get("hidden_size")),
             ("attention heads", model_config.get("num_attention_heads")),
             ("intermediate size", model_config.get("intermediate_size")),
             ("parameters", f"{n_params:,}"), ("vocabulary", f"{model_config.get('vocab_size')} tokens"),
-            ("positions", model_config.get("max_position_embeddings"))])),
+            ("positions", model_config.get("max_position_embeddings")),
+            ("trained window", _window(model_config))])),
         ("Masking", _masking(cfg)),
         ("Data", _data(cfg, manifest)),
         ("Training", table(["", ""], [
@@ -94,14 +97,20 @@ def pretraining_card(cfg: PretrainConfig, history: list[dict], floors: dict | No
             ("final training loss", f"{nats(last.get('mask_loss'))} on [MASK] inputs, "
                                     f"{nats(last.get('loss'))} on all labelled positions")])),
         ("Results against references", _results(ev, floors)),
-        ("Limits", _limits(cfg, floors, ev)),
+        ("Limits", _limits(cfg, floors, ev, model_config)),
         ("Produced by", "randommask " + __version__ + ", with this configuration:\n\n```yaml\n"
          + yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).strip() + "\n```"),
     ]
     return render(metadata, f"{cfg.run.name}: a DNA k-mer BERT pretrained with {m.strategy} masking", sections)
 
 
-def _how_to_load(k: int, stride: int) -> str:
+def _window(model_config: dict[str, Any]) -> str:
+    bp, tokens = model_config.get(WINDOW_BP), model_config.get(WINDOW_TOKENS)
+    return f"{bp} bp ({tokens} positions, [CLS] and [SEP] included)" if bp else "not recorded"
+
+
+def _how_to_load(k: int, stride: int, model_config: dict[str, Any]) -> str:
+    tokens = model_config.get(WINDOW_TOKENS) or model_config.get("max_position_embeddings")
     return f"""```python
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -113,7 +122,9 @@ out = model(**tok(kmers, return_tensors="pt"))
 ```
 
 Inputs are upper-case k-mers separated by spaces, [CLS] and [SEP] added by the tokenizer, at
-most 512 tokens. `randommask embed` and `randommask score-variants` take FASTA and VCF directly."""
+most {tokens} tokens: the positions pretraining trained (`{WINDOW_BP}` and `{WINDOW_TOKENS}` in
+config.json). `randommask embed`, `score-variants`, `zeroshot`, `probe` and `finetune` read that window
+from config.json and refuse longer inputs unless given `--allow-untrained-positions`."""
 
 
 def _masking(cfg: PretrainConfig) -> str:
@@ -161,13 +172,17 @@ def _results(ev: dict, floors: dict) -> str:
             "line is knowledge of DNA beyond counting.")
 
 
-def _limits(cfg: PretrainConfig, floors: dict, ev: dict) -> str:
+def _limits(cfg: PretrainConfig, floors: dict, ev: dict, model_config: dict[str, Any]) -> str:
     lines = [
         "- Trained and evaluated on the data above only; held-out windows come from the same genome(s).",
         f"- Inputs must be {cfg.data.k}-mers with stride {cfg.data.stride}; another k needs another model.",
         "- Not validated on downstream tasks unless fine-tuning results are listed in a fine-tuned model's "
         "card (`randommask finetune`).",
     ]
+    if model_config.get(WINDOW_BP):
+        lines.append(f"- Trained on windows of {_window(model_config)} of its {model_config.get('max_position_embeddings')} "
+                     "positions: positions past those never received a gradient, so longer inputs read untrained "
+                     "position embeddings.")
     if cfg.run.card_license == "other":
         lines.append("- License: not stated (`run.card_license` sets the Hugging Face license id of this card).")
     best = best_counting(floors, "span_k")

@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 
 from randommask.common.modelcard import CARD_FILE
+from randommask.data import window
 from randommask.data.stream import pretraining_dataset
 from randommask.data.tokenizer import KmerTokenizer
 from randommask.errors import UserError
@@ -84,6 +85,8 @@ class Worker:
             mlm = BertForMaskedLM.from_pretrained(self.init_local, attn_implementation="sdpa")
         else:
             mlm = build_mlm(cfg.model.preset, cfg.data.k, **cfg.model.overrides)
+        # in config.json, so every checkpoint, final/ and a copy of either says what it was trained on
+        window.record(mlm.config, self.tok, cfg.data.window_bp)
         if cfg.scaling.compile and self.device.type == "cuda":
             mlm.bert.compile(dynamic=False)
         return mlm
