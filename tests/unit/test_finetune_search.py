@@ -62,10 +62,10 @@ def test_a_rate_with_a_failed_seed_or_a_diverged_loss_does_not_win():
               _trial(1e-3, 0, 0.1, 0.9, 0.9),  # its other seed failed: a mean over one seed does not compare
               {"dataset": "tf/2", "seed": 1, "status": "failed", "lr": 1e-3, "error": "lr 0.001: boom"},
               _trial(1e-2, 0, math.nan, 0.0, 0.0), _trial(1e-2, 1, 0.2, 0.0, 0.0)]
-    c = choose(trials, (1e-4, 1e-3, 1e-2), protocol.SELECTION["published"], "mcc")
+    c = choose(trials, (1e-2, 1e-4, 1e-3), protocol.SELECTION["published"], "mcc")  # NaN first: min() keeps a NaN
     assert c.selected == 1e-4
-    assert (c.rates[1].dev_mean, c.rates[1].seeds_failed, c.rates[1].dev_per_seed) == (None, 1, {0: 0.1})
-    assert math.isnan(c.rates[2].dev_mean)
+    assert (c.rates[2].dev_mean, c.rates[2].seeds_failed, c.rates[2].dev_per_seed) == (None, 1, {0: 0.1})
+    assert math.isnan(c.rates[0].dev_mean)
     only_failed = choose(trials[2:4], (1e-3,), protocol.SELECTION["published"], "mcc")
     assert only_failed.selected is None
 
