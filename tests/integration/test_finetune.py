@@ -177,13 +177,15 @@ def test_all_mode_skips_missing_and_by_name_missing_is_an_error(gue_dir, tiny_ch
 
 
 @pytest.mark.ray
-def test_lr_search_selects_on_dev_reports_that_rates_test_and_resumes(ray_local, gue_dir, tiny_checkpoint, tmp_path):
+def test_lr_search_selects_on_dev_reports_that_rates_test_and_resumes(ray_local, gue_dir, tiny_checkpoint, tmp_path,
+                                                                     mlflow):
     """``--lr 1e-4,1e-2``: one trial per rate, the rate with the lower dev loss (the published
     protocol's criterion) selected, only its test scores reported; a rerun runs nothing."""
     out = tmp_path / "lr"
     args = dict(seeds=1, max_train=64, max_eval=64, epochs=2, lr=(1e-4, 1e-2), cpus_per_trial=1)
     logs = []
-    r = finetune(str(tiny_checkpoint), str(gue_dir), "mouse/2", str(out), log=logs.append, **args)
+    r = finetune(str(tiny_checkpoint), str(gue_dir), "mouse/2", str(out), log=logs.append, mlflow_uri=mlflow.uri,
+                 **args)
     assert "2 trial(s) (1 dataset(s) x 2 learning rate(s) x 1 seed(s)); 0 already finished, 2 to run" in logs[0]
     done = [line for line in logs if line.startswith("trial mouse/2 seed 0 lr ")]
     assert len(done) == 2 and "1 trial(s) left" in done[0] and "0 trial(s) left" in done[1], logs
@@ -210,6 +212,11 @@ def test_lr_search_selects_on_dev_reports_that_rates_test_and_resumes(ray_local,
     md = (out / "results.md").read_text()
     assert f"| mouse/2 | {chosen:g} | dev_loss | {dev[chosen]:.4f} | {dev[chosen]:.4f} | **selected** |" in md
     assert r["datasets"][0]["score_mean"] == test["mcc"]
+    _, parents = mlflow_runs(mlflow.uri, key=str(out))  # one child run per (dataset, seed, rate)
+    _, children = mlflow_runs(mlflow.uri, parent=parents[0].info.run_id)
+    by_name = {c.info.run_name: c for c in children}
+    assert sorted(by_name) == ["mouse/2-s0-lr0.0001", "mouse/2-s0-lr0.01"]
+    assert by_name["mouse/2-s0-lr0.01"].data.params["hp.lr"] == "0.01"
 
     before = {p.name: p.stat().st_mtime for p in (out / "trials").iterdir()}
     logs.clear()
