@@ -174,3 +174,55 @@ def test_all_mode_skips_missing_and_by_name_missing_is_an_error(gue_dir, tiny_ch
                  epochs=1, log=logs.append)
     assert "skipping 27 dataset(s)" in logs[0]
     assert [row["dataset"] for row in r["datasets"]] == ["prom/prom_core_tata"]
+
+
+@pytest.mark.ray
+def test_lr_search_selects_on_dev_reports_that_rates_test_and_resumes(ray_local, gue_dir, tiny_checkpoint, tmp_path,
+                                                                     mlflow):
+    """``--lr 1e-4,1e-2``: one trial per rate, the rate with the lower dev loss (the published
+    protocol's criterion) selected, only its test scores reported; a rerun runs nothing."""
+    out = tmp_path / "lr"
+    args = dict(seeds=1, max_train=64, max_eval=64, epochs=2, lr=(1e-4, 1e-2), cpus_per_trial=1)
+    logs = []
+    r = finetune(str(tiny_checkpoint), str(gue_dir), "mouse/2", str(out), log=logs.append, mlflow_uri=mlflow.uri,
+                 **args)
+    assert "2 trial(s) (1 dataset(s) x 2 learning rate(s) x 1 seed(s)); 0 already finished, 2 to run" in logs[0]
+    done = [line for line in logs if line.startswith("trial mouse/2 seed 0 lr ")]
+    assert len(done) == 2 and "1 trial(s) left" in done[0] and "0 trial(s) left" in done[1], logs
+    names = sorted(p.name for p in (out / "trials").iterdir())
+    assert names == ["mouse_2__lr0.0001__seed0.json", "mouse_2__lr0.01__seed0.json"]
+    trials = {t["hyperparameters"]["lr"]: t for t in (json.loads((out / "trials" / n).read_text()) for n in names)}
+    # By hand: one seed, so each rate's mean is its trial's dev loss at the selected step; the lower wins.
+    dev = {lr: t["dev_best"]["loss"] for lr, t in trials.items()}
+    assert dev[1e-4] != dev[1e-2], "the test needs rates that the dev loss tells apart"
+    chosen, other = sorted(dev, key=dev.get)
+    assert any(f"lr {lr:g}: dev loss {dev[lr]:.4f}, test mcc {trials[lr]['test']['mcc']:.4f}" in line
+               for lr in dev for line in done)
+    saved = json.loads((out / "results.json").read_text())
+    row = saved["datasets"][0]
+    assert saved["lr_search"] == [1e-4, 1e-2] and saved["protocol"] == "custom"
+    assert row["lr_search"]["selected"] == chosen and row["lr_search"]["criterion"] == "dev_loss"
+    assert [(x["lr"], x["dev_per_seed"], x["dev_mean"]) for x in row["lr_search"]["rates"]] == [
+        (1e-4, {"0": dev[1e-4]}, dev[1e-4]), (1e-2, {"0": dev[1e-2]}, dev[1e-2])]
+    test = trials[chosen]["test"]
+    assert row["per_seed"] == {"0": test["mcc"]} and row["hyperparameters"]["lr"] == chosen and row["seeds_ok"] == 1
+    assert (row["mcc_mean"], row["f1_macro_mean"], row["accuracy_mean"]) == (test["mcc"], test["f1_macro"],
+                                                                             test["accuracy"])
+    assert test != trials[other]["test"]  # otherwise the row above could come from either rate
+    md = (out / "results.md").read_text()
+    assert f"| mouse/2 | {chosen:g} | dev_loss | {dev[chosen]:.4f} | {dev[chosen]:.4f} | **selected** |" in md
+    assert r["datasets"][0]["score_mean"] == test["mcc"]
+    _, parents = mlflow_runs(mlflow.uri, key=str(out))  # one child run per (dataset, seed, rate)
+    _, children = mlflow_runs(mlflow.uri, parent=parents[0].info.run_id)
+    by_name = {c.info.run_name: c for c in children}
+    assert sorted(by_name) == ["mouse/2-s0-lr0.0001", "mouse/2-s0-lr0.01"]
+    assert by_name["mouse/2-s0-lr0.01"].data.params["hp.lr"] == "0.01"
+
+    before = {p.name: p.stat().st_mtime for p in (out / "trials").iterdir()}
+    logs.clear()
+    r2 = finetune(str(tiny_checkpoint), str(gue_dir), "mouse/2", str(out), log=logs.append, **args)
+    assert "2 already finished, 0 to run" in logs[0] and not [line for line in logs if line.startswith("trial ")]
+    assert {p.name: p.stat().st_mtime for p in (out / "trials").iterdir()} == before
+    assert r2["datasets"][0]["lr_search"] == r["datasets"][0]["lr_search"]
+    with pytest.raises(UserError, match="trial mouse/2 seed 0 was run with epochs=2, not 3"):
+        finetune(str(tiny_checkpoint), str(gue_dir), "mouse/2", str(out), **{**args, "epochs": 3})

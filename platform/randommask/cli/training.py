@@ -169,7 +169,10 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
                    help="published (default): DNABERT-2's per-dataset scripts, the lowest dev loss every eval_steps "
                    "restored for test; fast: the same values, the best dev metric once per epoch (docs/finetune.md)")
     p.add_argument("--epochs", type=int, help="override the protocol's epochs (makes the protocol custom)")
-    p.add_argument("--lr", type=float, help="override the protocol's learning rate, 3e-5 (makes it custom)")
+    p.add_argument("--lr", help="one rate overrides the protocol's learning rate, 3e-5 (makes it custom); a "
+                   "comma-separated list, e.g. 1e-4,3e-4,1e-3, is searched: one trial per (dataset, rate, seed), each "
+                   "dataset's rate chosen by its mean dev score by the protocol's criterion, test reported for that "
+                   "rate only (default: the protocol's rate, no search; docs/finetune.md)")
     p.add_argument("--batch-size", type=int, help="override the protocol's batch size, 32 (makes it custom)")
     p.add_argument("--lora", action="store_true", help="LoRA (peft) instead of full fine-tuning")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -186,9 +189,11 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
 
 def run_finetune(args: argparse.Namespace) -> None:
     from randommask.finetune import finetune
+    from randommask.finetune.search import parse_rates
 
+    lr = parse_rates(args.lr) if args.lr is not None else None
     r = finetune(args.checkpoint, args.gue_dir, args.tasks, args.out, seeds=args.seeds, max_train=args.max_train,
-                 max_eval=args.max_eval, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                 max_eval=args.max_eval, epochs=args.epochs, lr=lr, batch_size=args.batch_size,
                  protocol=args.protocol, lora=args.lora,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, baselines=args.baselines,
                  storage_options=storage_options_from(args), mlflow_uri=args.mlflow_uri, save_models=args.save_models,
@@ -197,7 +202,9 @@ def run_finetune(args: argparse.Namespace) -> None:
         score = f"{row['score_mean']:.4f} ± {row['score_std']:.4f}" if "score_mean" in row else "failed"
         rank = f"  rank {row['rank']}/{row['rank_of']}" if "rank" in row else ""
         failed = f"  ({row['seeds_failed']} seed(s) failed)" if row["seeds_failed"] else ""
-        print(f"{row['dataset']:<24} {row['metric']:<8} {score}  n={row['seeds_ok']}{rank}{failed}")
+        chosen = row.get("lr_search", {}).get("selected")
+        rate = f"  lr {chosen:g} (chosen on dev)" if chosen is not None else ""
+        print(f"{row['dataset']:<24} {row['metric']:<8} {score}  n={row['seeds_ok']}{rank}{rate}{failed}")
     if r["overall"] is not None:
         print(f"overall                  {r['overall']:.4f}")
     print(f"protocol {r['protocol']} ({r['selection']}, {r['precision']})"

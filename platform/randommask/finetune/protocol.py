@@ -76,10 +76,15 @@ def schedule(p: Plan, n_train: int, subsampled: bool = False) -> Schedule:
     return Schedule(spe, total, epochs, tuple(sorted(at)))
 
 
+def criterion(selection: str, metric: str) -> tuple[str, bool]:
+    """The dev score a selection compares (``loss`` or the dataset's metric) and whether lower is better:
+    the same rule picks a trial's step and, in an ``--lr`` search, the learning rate."""
+    return ("loss", True) if selection == SELECTION["published"] else (metric, False)
+
+
 def better(p: Plan, dev: dict[str, float], best: dict[str, float] | None, metric: str) -> bool:
     """Whether ``dev`` beats the best so far; ties keep the earlier one, as Trainer does."""
     if best is None:
         return True
-    if p.selection == SELECTION["published"]:
-        return dev["loss"] < best["loss"]
-    return dev[metric] > best[metric]
+    key, lower = criterion(p.selection, metric)
+    return dev[key] < best[key] if lower else dev[key] > best[key]

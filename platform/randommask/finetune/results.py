@@ -13,6 +13,7 @@ import numpy as np
 from randommask.common import storage
 from randommask.errors import UserError
 from randommask.evaluation import gue
+from randommask.finetune import search
 
 
 def load_baselines(path: str) -> dict[str, dict[str, float]]:
@@ -50,14 +51,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def aggregate(trials: list[dict], published: dict | None, checkpoint: str, run: dict[str, Any]) -> dict[str, Any]:
-    """``run`` holds the protocol, selection, subsampling and ``not_comparable`` (None or why)."""
+    """``run`` holds the protocol, selection, subsampling and ``not_comparable`` (None or why), and in an
+    ``--lr`` search ``lr_search``, the rates: then each dataset's scores are those of the rate chosen on dev."""
     rows = []
     for name in dict.fromkeys(t["dataset"] for t in trials):
         ds = gue.REGISTRY[name]
         ok = [t for t in trials if t["dataset"] == name and t["status"] == "ok"]
         failed = [t for t in trials if t["dataset"] == name and t["status"] != "ok"]
+        choice = None
+        if run.get("lr_search"):  # test scores of the selected rate only
+            choice = search.choose([t for t in trials if t["dataset"] == name], run["lr_search"], run["selection"],
+                                   ds.metric)
+            ok = [t for t in ok if search.rate_of(t) == choice.selected]
         row: dict[str, Any] = {"dataset": name, "task": ds.task, "metric": ds.metric, "seeds_ok": len(ok),
                                "seeds_failed": len(failed), "errors": [t["error"] for t in failed]}
+        if choice is not None:
+            row["lr_search"] = choice.to_json()
         for m in ("mcc", "f1_macro", "accuracy"):
             if ok:
                 row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([t["test"][m] for t in ok])
@@ -122,6 +131,12 @@ def markdown(results: dict[str, Any]) -> str:
              "Test scores, mean ± sample std over seeds (MCC; macro F1 for virus/covid).", ""]
     if results["not_comparable"]:
         lines += [f"Published numbers are not shown: {results['not_comparable']}, so they are not comparable.", ""]
+    if results.get("lr_search"):
+        rule = "lowest" if results["selection"] == "dev_loss@eval_steps" else "highest"
+        lines += [f"Learning rate chosen per dataset on dev from {', '.join(f'{x:g}' for x in results['lr_search'])}: "
+                  f"the {rule} mean over seeds of each seed's selected dev score (ties: the smaller rate); the "
+                  "scores below are the chosen rate's (the lr column), every rate's dev scores under "
+                  "\"Learning rate on dev\".", ""]
     head = ["dataset", "metric", "ours", "seeds", "steps", "epochs", "lr", "batch"] + (["rank"] + models if models else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -138,6 +153,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"| {t} | {v:.4f} |" for t, v in results["tasks"].items()]
     if results["overall"] is not None:
         lines += [f"| **overall (datasets)** | **{results['overall']:.4f}** |"]
+    if results.get("lr_search"):
+        lines += _lr_table(rows)
     failed = [(r["dataset"], e) for r in rows for e in r["errors"]]
     if failed:
         lines += ["", "## Failed trials", ""] + [f"- {d}: {e}" for d, e in failed]
@@ -146,3 +163,18 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "## Saved models (each with its model card, README.md)", ""]
         lines += [f"- {d} seed {seed}: `{uri}`" for d, seed, uri in saved]
     return "\n".join(lines) + "\n"
+
+
+def _lr_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "## Learning rate on dev", "", "| dataset | lr | dev score | mean over seeds | per seed | |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        choice = r["lr_search"]
+        for rate in choice["rates"]:
+            seeds = ", ".join(f"{v:.4f}" for _, v in sorted(rate["dev_per_seed"].items()))
+            if rate["seeds_failed"]:
+                seeds += f" ({rate['seeds_failed']} failed)"
+            mark = "**selected**" if rate["lr"] == choice["selected"] else ""
+            lines.append(f"| {r['dataset']} | {rate['lr']:g} | {choice['criterion']} | {_fmt(rate['dev_mean'])} | "
+                         f"{seeds} | {mark} |")
+    return lines

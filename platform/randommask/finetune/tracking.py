@@ -12,6 +12,7 @@ from typing import Any
 from randommask.common import storage
 from randommask.common.modelcard import CARD_FILE
 from randommask.common.tracking import DEFAULT_EXPERIMENT, Tracker, numeric
+from randommask.finetune.search import rate_of
 
 
 def log_finetune(uri: str, out: str, checkpoint: str, trials: list[dict[str, Any]], results: dict[str, Any],
@@ -23,10 +24,12 @@ def log_finetune(uri: str, out: str, checkpoint: str, trials: list[dict[str, Any
         log(_unlogged(uri, out))
         return
     parent.warn = log
+    searched = results.get("lr_search")
     parent.log_params({"checkpoint": checkpoint, "protocol": results.get("protocol"),
-                       "selection": results.get("selection")})
+                       "selection": results.get("selection"), **({"lr_search": searched} if searched else {})})
     for t in trials:
-        name = f"{t['dataset']}-s{t['seed']}"
+        # an --lr search has one trial per rate for each (dataset, seed): the rate is in the run's name
+        name = f"{t['dataset']}-s{t['seed']}" + (f"-lr{rate_of(t)!r}" if searched else "")
         child = Tracker(uri, experiment, name, key=f"{out}#{name}", parent_run_id=parent.run_id,
                         tags={"randommask.dataset": t["dataset"], "randommask.status": t["status"]},
                         warn=lambda _: None)

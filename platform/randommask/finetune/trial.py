@@ -1,5 +1,6 @@
 """One fine-tuning trial: a (dataset, seed) pair, trained and selected by its protocol, scored on
-test, and written to ``OUT/trials/<dataset>__seed<k>.json``."""
+test, and written to ``OUT/trials/<dataset>__seed<k>.json`` (``<dataset>__lr<rate>__seed<k>.json``
+in an ``--lr`` search, one trial per rate)."""
 
 from __future__ import annotations
 
@@ -25,18 +26,20 @@ from randommask.training.step import lr_factor, param_groups
 MICRO_BATCH = 32
 
 
-def trial_file(out: str, name: str, seed: int) -> str:
-    """Where a finished (dataset, seed) trial's result lives: local or on S3, beside results.*."""
-    return storage.join(out, "trials", f"{_trial_name(name, seed)}.json")
+def trial_file(out: str, name: str, seed: int, lr: float | None = None) -> str:
+    """Where a finished (dataset, seed) trial's result lives: local or on S3, beside results.*. ``lr``
+    names the rate of an ``--lr`` search (None otherwise: the names of runs without one are unchanged)."""
+    return storage.join(out, "trials", f"{_trial_name(name, seed, lr)}.json")
 
 
-def model_dir(out: str, name: str, seed: int) -> str:
+def model_dir(out: str, name: str, seed: int, lr: float | None = None) -> str:
     """Where ``--save-models`` puts a trial's selected model, with its card: a Hugging Face directory."""
-    return storage.join(out, "models", _trial_name(name, seed))
+    return storage.join(out, "models", _trial_name(name, seed, lr))
 
 
-def _trial_name(name: str, seed: int) -> str:
-    return f"{name.replace('/', '_')}__seed{seed}"
+def _trial_name(name: str, seed: int, lr: float | None) -> str:
+    rate = "" if lr is None else f"__lr{float(lr)!r}"  # repr: two distinct rates never share a name
+    return f"{name.replace('/', '_')}{rate}__seed{seed}"
 
 
 @torch.no_grad()
@@ -56,8 +59,9 @@ def evaluate(model, ids: torch.Tensor, attn: torch.Tensor, labels: torch.Tensor,
 
 def run_trial(p: dict[str, Any], report: Callable[[dict], None] | None = None,
               on_evaluate: Callable[[int, torch.nn.Module, dict], None] | None = None) -> dict[str, Any]:
-    """Fine-tune one (dataset, seed) by ``p["protocol"]`` and write its trial file. ``report``
-    receives each dev evaluation; ``on_evaluate(step, model, dev)`` sees the model at each one."""
+    """Fine-tune one (dataset, seed) by ``p["protocol"]`` and write its trial file (named by its rate
+    when ``p["search"]``). ``report`` receives each dev evaluation; ``on_evaluate(step, model, dev)``
+    sees the model at each one."""
     import transformers
     from transformers import BertForSequenceClassification
 
@@ -102,6 +106,20 @@ def run_trial(p: dict[str, Any], report: Callable[[dict], None] | None = None,
         opt, lambda s: lr_factor(s, plan["warmup_steps"], sched.total_steps, trainer_warmup=True))
     eval_at = set(sched.eval_at)
     best, best_step, best_state, history, step = None, 0, None, [], 0
+
+    def check_dev() -> None:  # one dev evaluation at ``step``: history, the best so far, the hooks
+        nonlocal best, best_step, best_state
+        dev = evaluate(model, *tensors["dev"], device)
+        history.append({"step": step, "epoch": round(step / sched.steps_per_epoch, 3),
+                        **{f"dev_{k}": round(v, 5) for k, v in dev.items()}})
+        if protocol.better(plan, dev, best, ds.metric):
+            best, best_step = dev, step
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        if on_evaluate is not None:
+            on_evaluate(step, model, dev)
+        if report is not None:
+            report(history[-1])
+
     for epoch in range(sched.epochs):
         order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n_train))
         for i in range(0, n_train, batch):
@@ -118,18 +136,13 @@ def run_trial(p: dict[str, Any], report: Callable[[dict], None] | None = None,
             opt.zero_grad(set_to_none=True)
             step += 1
             if step in eval_at:
-                dev = evaluate(model, *tensors["dev"], device)
-                history.append({"step": step, "epoch": round(step / sched.steps_per_epoch, 3),
-                                **{f"dev_{k}": round(v, 5) for k, v in dev.items()}})
-                if protocol.better(plan, dev, best, ds.metric):
-                    best, best_step = dev, step
-                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-                if on_evaluate is not None:
-                    on_evaluate(step, model, dev)
-                if report is not None:
-                    report(history[-1])
+                check_dev()
             if step >= sched.total_steps:
                 break
+    if best_state is None:
+        # Training shorter than one evaluation interval (a full-size run with --epochs 1, say): dev is
+        # evaluated once, at the last step, and that model is the one selected.
+        check_dev()
     model.load_state_dict(best_state)
     test = evaluate(model, *tensors["test"], device)
     result = {
@@ -147,8 +160,8 @@ def run_trial(p: dict[str, Any], report: Callable[[dict], None] | None = None,
     }
     if p.get("save_model"):  # before the trial file, whose presence means "finished"
         result["model"] = save_model(model, tok, ckpt, p, result, tensors["test"][2])
-    storage.write_bytes(trial_file(p["out"], ds.name, seed), (json.dumps(result, indent=1) + "\n").encode(),
-                        p.get("storage_options"))
+    storage.write_bytes(trial_file(p["out"], ds.name, seed, plan["lr"] if p.get("search") else None),
+                        (json.dumps(result, indent=1) + "\n").encode(), p.get("storage_options"))
     return result
 
 
@@ -165,7 +178,8 @@ def save_model(model, tok: KmerTokenizer, ckpt: str, p: dict[str, Any], result: 
     base = lineage(p["checkpoint"], ckpt)
     card = finetune_card(result, base, majority_reference(test_labels.numpy()), k=tok.k,
                          license_id=str(read_metadata(ckpt).get("license") or "other"))
-    uri = model_dir(p["out"], result["dataset"], int(p["seed"]))
+    rate = result["hyperparameters"]["lr"] if p.get("search") else None
+    uri = model_dir(p["out"], result["dataset"], int(p["seed"]), rate)
     with tempfile.TemporaryDirectory() as d:
         model.to("cpu").save_pretrained(d)
         tok.save_pretrained(d)
@@ -180,4 +194,6 @@ def tune_trial(config: dict) -> None:
     from ray import tune
 
     result = run_trial(config["trial"], report=lambda m: tune.report(m))
-    tune.report({"step": result["ran"]["steps"], "done": True, **{f"test_{k}": v for k, v in result["test"].items()}})
+    tune.report({"step": result["ran"]["steps"], "done": True, "lr": result["hyperparameters"]["lr"],
+                 **{f"dev_best_{k}": v for k, v in result["dev_best"].items()},
+                 **{f"test_{k}": v for k, v in result["test"].items()}})
