@@ -44,7 +44,7 @@ def main(folder: str) -> None:
     d = Path(folder)
     floors = json.loads((d / "floors.json").read_text()) if (d / "floors.json").exists() else {}
     tables = floors.get("base_table") or {}
-    best = min(tables.values()) if tables else None
+    line = {k: floors.get(f"best_counting_{k}") for k in ("span_k", "span_2k")}  # the geometry-matched lines
     runs = {p.name.split(".")[0]: evals(p) for p in sorted(d.glob("*.metrics.jsonl"))}
     out = ["# plateau-cpu: summary", "",
            "Written by `jobs/experiments/plateau_cpu_summary.py` from this folder; read with docs/experiments.md "
@@ -53,19 +53,29 @@ def main(folder: str) -> None:
         out += ["What made these results (history.txt: each pretraining piece and zero-shot scoring, with "
                 "the commit of the clone that ran it):", ""]
         out += [f"- {line}" for line in (d / "history.txt").read_text().splitlines() if line.strip()] + [""]
-    out += [f"References: per-base chance {math.log(4):.3f}; count tables (m bases each side) "
+    geometry = "; ".join(
+        f"{k.replace('_', '-')} {fmt(v)} (m = 1..8: "
+        + ", ".join(f"{x:.4f}" for _, x in sorted((floors.get(f'base_table_{k}') or {}).items(), key=lambda i: int(i[0])))
+        + ")" for k, v in line.items() if v is not None)
+    out += [f"References: per-base chance {math.log(4):.3f}; **the line: the best count table in each evaluation's "
+            f"own geometry** (back-off, both strands; each hidden base predicted from the bases the model sees "
+            f"beside it): {geometry or '–'}; plain count tables (m full bases each side of every validation base, "
+            "add-one, one strand: they see bases the model does not, so they are not the line) "
             + ", ".join(f"m={m} {v:.3f}" for m, v in sorted(tables.items()))
             + f"; overlap only ([MASK] loss of a reader that knows no DNA) span-k {fmt(floors.get('overlap_only_span_k'))}, "
             f"span-2k {fmt(floors.get('overlap_only_span_2k'))}; context-free floor {fmt(floors.get('context_free'))}.", ""]
     out += ["## Where each run stands", "", "| run | last eval step | of | span-k per base | span-2k per base | "
-            "span-k [MASK] | span-2k [MASK] | span's plateau (rule) |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+            "span-k [MASK] | span-2k [MASK] | span's plateau (rule) | per base − line (span-k / span-2k) |",
+            "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for name, ev in runs.items():
         if not ev:
             continue
         last = ev[max(ev)]
         p = plateau(ev) if name.startswith("span-") else None
         note = (f"step {p}" if p else "not yet") if name.startswith("span-") else ""
-        out.append(f"| {name} | {max(ev):,} | {MAX_STEPS:,} | " + " | ".join(fmt(last.get(k)) for k in KEYS) + f" | {note} |")
+        above = " / ".join(f"{last[f'eval_{k}_base_loss'] - v:+.4f}" if v is not None else "–" for k, v in line.items())
+        out.append(f"| {name} | {max(ev):,} | {MAX_STEPS:,} | " + " | ".join(fmt(last.get(k)) for k in KEYS)
+                   + f" | {note} | {above} |")
     out += ["", "## Every 1,000 steps (per-base span-k / span-2k, nats per hidden base)", "",
             "| step | " + " | ".join(runs) + " |", "|---:|" + "---:|" * len(runs)]
     steps = sorted({s for ev in runs.values() for s in ev if s % 1000 == 0})
@@ -77,10 +87,13 @@ def main(folder: str) -> None:
           if ".step" not in p.name}
     if zs:
         out += ["", "## Zero-shot on the finals (mean log P(ref), 5,000 held-out positions, both strands)", "",
-                "| run | model | ± | best table | model − best table | ± |", "|---|---:|---:|---:|---:|---:|"]
+                "| run | model | ± | best table (m) | model − best table | ± |", "|---|---:|---:|---:|---:|---:|"]
         for name, z in zs.items():
-            out.append(f"| {name} | {z['mean_log_p_ref']:.4f} | {z['sem']:.4f} | {z['tables'][z['best_table']]:.4f} | "
-                       f"{z['vs_best_table']:+.4f} | {z['vs_best_table_sem']:.4f} |")
+            out.append(f"| {name} | {z['mean_log_p_ref']:.4f} | {z['sem']:.4f} | {z['tables'][z['best_table']]:.4f} "
+                       f"({z['best_table']}) | {z['vs_best_table']:+.4f} | {fmt(z['vs_best_table_sem'], 4)} |")
+        out += ["", "The tables: back-off count tables of the training split, both strands, m = 1..10 bases each "
+                "side (the window shows 11). A '–' standard error: that final was not kept, so the table was "
+                "recomputed at its positions and only the difference of means is known."]
     done = {n for n, ev in runs.items() if ev and max(ev) >= MAX_STEPS}
     seeds = sorted({n.rsplit("-s", 1)[1] for n in done})
     pairs = [s for s in seeds if all(f"{a}-s{s}" in done for a in ARMS[:2])]
@@ -112,7 +125,7 @@ def main(folder: str) -> None:
                          for k in KEYS[:2]]
                 z = zs.get(f"{a}-s{s}")
                 zcell = (f"{z['mean_log_p_ref']:.4f} ± {z['sem']:.4f} | {z['vs_best_table']:+.4f} ± "
-                         f"{z['vs_best_table_sem']:.4f}") if z else "– | –"
+                         f"{fmt(z['vs_best_table_sem'], 4)}") if z else "– | –"
                 out.append(f"| {s} | {S:,} | {a} | {falls[0]} | {falls[1]} | {zcell} |")
     late = {}
     for name in runs:
@@ -121,9 +134,11 @@ def main(folder: str) -> None:
             late[name] = statistics.mean(json.loads(p.read_text())["mean_log_p_ref"] for p in steps)
     out += rule_section(runs, zs, late, done, seeds, plateau, MAX_STEPS)
     out += section(d)
-    if best is not None:
-        out += ["", f"Best count table: {best:.3f} nats per base. A per-base loss below it is DNA knowledge beyond "
-                "counting flanks."]
+    if any(v is not None for v in line.values()):
+        out += ["", "The line: best counting in each evaluation's own geometry, "
+                + ", ".join(f"{k.replace('_', '-')} {fmt(v, 4)}" for k, v in line.items())
+                + " nats per hidden base. A per-base loss below it is DNA knowledge beyond counting the bases the "
+                "model sees."]
     print("\n".join(out))
 
 

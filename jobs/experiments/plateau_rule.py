@@ -62,7 +62,7 @@ def rule_section(runs: dict, zs: dict, late: dict, done: set[str], seeds: list[s
         if S is not None and S < final and S in ev:  # S at the last step: nothing after it to test
             falls.append(all(ev[S][k] - ev[final][k] > FALL for k, _, _ in METRICS[:2]))
         z = zs[f"randommask-s{s}"]
-        tables.append(z["vs_best_table"] > 2 * z["vs_best_table_sem"])
+        tables.append(z["vs_best_table_sem"] is not None and z["vs_best_table"] > 2 * z["vs_best_table_sem"])
     better = all(verdicts[("span", k)] == "RandomMask better" for k, _, _ in METRICS)
     within = all(verdicts[("span", k)] == "cannot tell apart" for k, _, _ in METRICS)
     wins = [label for k, label, _ in METRICS if verdicts[("wide-now", k)] == "RandomMask better"]

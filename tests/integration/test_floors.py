@@ -2,7 +2,9 @@
 prepared through Ray, evenly spread windows, a copying model scoring at the floor on [MASK] inputs (the
 floors on in-memory synthetic genomes are in tests/unit/test_floors.py)."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 from torch import nn
 
 from conftest import TINY_CONFIG, random_dna, write_fasta
-from randommask.data.floors import compute_floors
+from randommask.data.floors import compute_floors, geometry_tables, table_keys
 from randommask.data.prepare import prepare
 from randommask.data.stream import build_plan, validation_windows
 from randommask.data.tokenizer import NUM_SPECIAL
@@ -43,6 +45,34 @@ def test_compute_floors_reads_the_prepared_splits(synthetic_prepared):
     assert f["validation_bases"] == pytest.approx(60_000, rel=0.1) and f["train_bases_used"] > 1_000_000
     capped = compute_floors(synthetic_prepared, 3, max_train_bases=200_000)
     assert capped["train_bases_used"] <= 200_000 + (1 << 20) and capped["context_free"] == pytest.approx(3 * LN4, abs=0.02)
+
+
+@pytest.mark.ray
+def test_the_geometry_tables_count_the_training_split_only(synthetic_prepared):
+    cfg = load_config(TINY_CONFIG, [f"data.prepared={synthetic_prepared}", "run.eval_windows=64"])
+    sets = eval_sets(cfg)
+    floors = compute_floors(synthetic_prepared, 6, eval_sets=sets)
+    # independently of the prepared shards: the FASTA's bases, cut at the manifest's validation intervals
+    manifest = json.loads((Path(synthetic_prepared) / "manifest.json").read_text())
+    text = (Path(synthetic_prepared).parent / "uniform.fa").read_text().split(">")[1:]
+    genome = [np.array(["ATCG".index(c) for c in "".join(r.splitlines()[1:])], dtype=np.uint8) for r in text]
+    train, validation = [], []
+    for i, codes in enumerate(genome):
+        cuts = sorted((v["start"], v["end"]) for v in manifest["validation"] if v["record"] == i)
+        edges = [0] + [x for cut in cuts for x in cut] + [len(codes)]
+        train += [codes[a:b] for a, b in zip(edges[::2], edges[1::2]) if b > a]
+        validation += [codes[a:b] for a, b in cuts]
+    assert sum(map(len, train)) + sum(map(len, validation)) == sum(map(len, genome))
+    want = geometry_tables(train, sets, 6)
+    for name in sets:
+        for key in table_keys(name):
+            assert floors[key] == want[key], key
+        assert set(floors[table_keys(name)[0]]) == {str(m) for m in range(1, 9)}
+        assert floors[table_keys(name)[1]] == pytest.approx(LN4, abs=0.01)  # uniform random DNA: chance
+    # counted with the validation split (where the evaluation windows are), the tables would know
+    # each hidden base: a leak moves the line
+    leaked = geometry_tables(train + validation, sets, 6)
+    assert leaked["best_counting_span_k"] < floors["best_counting_span_k"] - 1e-4
 
 
 @pytest.mark.ray
@@ -111,6 +141,12 @@ def test_a_model_that_copies_kept_tokens_scores_at_the_floor_on_mask_inputs(prep
     # ln 4 per hidden base.
     tables = floors["base_table"]
     assert set(tables) == {"1", "2", "3", "4"} and 1.25 < min(tables.values()) < tables["1"] < math.log(4)
+    # In the evaluation's own geometry (edges, hidden neighbours) counting does worse than the plain
+    # table, which sees 4 bases on each side of every base; the best m is the line.
+    for name in ("span_k", "span_2k"):
+        geometry, best = floors[f"base_table_{name}"], floors[f"best_counting_{name}"]
+        assert set(geometry) == {str(m) for m in range(1, 9)} and best == min(geometry.values())
+        assert min(tables.values()) < best < geometry["1"] < LN4
     assert floors["overlap_only_span_k"] > floors["eval_span_k_overlap"] and floors["overlap_only_span_2k"] > 2 * LN4
     assert floors["overlap_only_span_k"] == pytest.approx(floors["eval_span_k_overlap"] * LN4 / floors["overlap_per_base"],
                                                           rel=1e-3)
@@ -120,4 +156,4 @@ def test_a_model_that_copies_kept_tokens_scores_at_the_floor_on_mask_inputs(prep
         inputs, labels = eval_sets(cfg)[name]
         n = int((labels != -100).sum())
         total, bases = per_base_sums(log_freq.double().expand(n, -1), inputs, labels, 6)
-        assert bases > 1000 and min(tables.values()) < total / bases < LN4, (name, total / bases)
+        assert bases > 1000 and floors[f"best_counting_{name}"] < total / bases < LN4, (name, total / bases)

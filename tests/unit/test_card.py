@@ -8,7 +8,9 @@ from conftest import load_tiny
 from randommask.training.card import phases, pretraining_card
 
 FLOORS = {"context_free": 8.1698, "base_table": {"1": 1.3567, "4": 1.2993}, "overlap_only_span_k": 1.8694,
-          "eval_span_k_overlap": 1.7457, "overlap_only_span_2k": 3.7965, "eval_span_2k_overlap": 3.5454}
+          "eval_span_k_overlap": 1.7457, "overlap_only_span_2k": 3.7965, "eval_span_2k_overlap": 3.5454,
+          "base_table_span_k": {"1": 1.3759, "8": 1.348}, "best_counting_span_k": 1.348,
+          "base_table_span_2k": {"1": 1.3835, "8": 1.3769}, "best_counting_span_2k": 1.3769}
 MANIFEST = {"run": "abc", "sources": [{"uri": "/data/g.fa.gz", "bytes": 10, "sha256": "f" * 64, "records": 1}],
             "totals": {"files": 1, "records": 1, "bases": 1000, "train_bases": 990, "validation_bases": 10,
                        "validation_fraction": 0.01}}
@@ -32,11 +34,12 @@ def test_the_card_parses_and_shows_figures_beside_references(tmp_path):
     card = ModelCard(text)
     assert card.data.license == "apache-2.0" and card.data.pipeline_tag == "fill-mask"
     assert card.data.to_dict()["randommask"]["data_sha256"] == ["f" * 64]
-    for figure in ("7.234", "7.778", "1.380", "8.170", "1.869", "1.299", "1.386", "12,345"):
+    for figure in ("7.234", "7.778", "1.380", "8.170", "1.869", "1.348", "1.377", "1.386", "12,345"):
         assert figure in card.text
+    assert "1.299" not in card.text  # the plain table sees bases the model does not: not the line
     assert "f" * 64 in card.text and "| 121–150 | 6–14 tokens |" in card.text
-    # A per-base loss not below the best count table is said plainly.
-    assert "no better than counting their flanks" in card.text
+    # A per-base loss not below the best counting line of its geometry is said plainly.
+    assert "(1.380) is not below the best counting line in that geometry (1.348)" in card.text
     # No evaluation, no manifest: the card says so instead of failing.
     bare = ModelCard(pretraining_card(cfg, HISTORY[:1], None, None, {}, 1))
     assert "No evaluation was logged" in bare.text and "manifest was not readable" in bare.text

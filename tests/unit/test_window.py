@@ -115,17 +115,17 @@ def test_finetune_goes_on_with_the_flag_and_its_saved_model_carries_the_window(g
     ckpt = annotated(tiny_checkpoint, tmp_path / "final", 64)
     ran = []
 
-    def in_process(todo, common, cpus, gpus):  # the trials themselves, without Ray Tune
+    def in_process(todo, common, cpus, gpus, log):  # the trials themselves, without Ray Tune
         ran.extend(todo)
-        for name, seed in todo:
-            run_trial({**common, "dataset": name, "seed": seed})
+        for key in todo:
+            run_trial({**common, "dataset": key.dataset, "seed": key.seed, "lr": key.lr})
         return {}
 
     monkeypatch.setattr(driver, "_run_tune", in_process)
     said = []
     r = finetune(str(ckpt), str(gue_dir), "prom/prom_core_tata", str(tmp_path / "out"), seeds=1, max_train=64,
                  max_eval=32, epochs=1, save_models=True, allow_untrained_positions=True, log=said.append)
-    assert ran == [("prom/prom_core_tata", 0)] and r["failed_trials"] == 0
+    assert ran == [driver.TrialKey("prom/prom_core_tata", None, 0)] and r["failed_trials"] == 0
     assert any(s.startswith("warning  GUE prom/prom_core_tata (sequences up to 70 bp) needs 67 positions") for s in said)
     trial = json.loads(next((tmp_path / "out" / "trials").glob("*.json")).read_text())
     assert trial["ran"]["max_tokens"] == 67  # what the check counted is what the trial fed
@@ -144,7 +144,7 @@ def test_an_unannotated_checkpoint_fine_tunes_on_any_length_as_before(gue_dir, t
     monkeypatch.setattr(driver, "_run_tune", lambda todo, *a: ran.extend(todo) or {n_s: "stopped here" for n_s in todo})
     finetune(str(tiny_checkpoint), str(gue_dir), "prom/prom_core_tata", str(tmp_path / "out"), seeds=1,
              log=lambda *_: None)
-    assert ran == [("prom/prom_core_tata", 0)]  # no refusal: it reached the trials
+    assert ran == [driver.TrialKey("prom/prom_core_tata", None, 0)]  # no refusal: it reached the trials
 
 
 def test_probe_refuses_whole_sequences_past_the_window_and_defaults_to_it(gue_dir, tiny_checkpoint, tmp_path, capsys):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from randommask.data.floors import base_table
 from randommask.data.tokenizer import KmerTokenizer, reverse_complement_codes
 from randommask.inference.zeroshot import draw_positions, model_log_p_ref, table_log_p_ref
 from randommask.training.model import build_mlm
@@ -51,15 +50,17 @@ def test_positions_are_seeded_distinct_and_free_of_n():
 
 
 def test_the_tables_score_what_their_counts_say():
+    # zero-shot's tables are the back-off tables of the centre base, every other base of the window
+    # visible: checked against the plain dict implementation, m = 1..10 capped at the window's half
+    from randommask.data.counting import Queries
+    from unit.test_counting import slow_log_probs
+
     rng = np.random.default_rng(1)
-    train = [rng.integers(0, 4, 20_000).astype(np.uint8)]
+    train = [rng.integers(0, 4, 3_000).astype(np.uint8)]
     windows = rng.integers(0, 4, (30, 9)).astype(np.uint8)
-    for flank in (1, 2, 3, 4):
-        got = table_log_p_ref(train, windows, flank)
-        table = base_table(train, flank)
-        for w, value in zip(windows, got):
-            left = int("".join(map(str, w[4 - flank : 4])), 4)
-            right = int("".join(map(str, w[5 : 5 + flank])), 4)
-            assert value == pytest.approx(table[left, w[4], right])
-    assert np.allclose(np.exp(base_table(train, 2)).sum(axis=1), 1.0)
-    assert abs(table_log_p_ref(train, windows, 1).mean() + math.log(4)) < 0.1  # random DNA: about chance
+    got = table_log_p_ref(train, windows)
+    assert set(got) == {str(m) for m in range(1, 11)}
+    want = slow_log_probs(train, Queries.centred(windows), (1, 2, 3, 4))
+    for m in range(1, 11):
+        np.testing.assert_allclose(got[str(m)], want[min(m, 4)][np.arange(30), windows[:, 4]], rtol=0, atol=1e-9)
+    assert abs(got["1"].mean() + math.log(4)) < 0.1  # random DNA: about chance

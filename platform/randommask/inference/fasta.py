@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Callable
 
 from randommask.common import storage
+from randommask.common.cache import cache_dir as node_cache
 from randommask.errors import UserError
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("RANDOMMASK_CACHE") or tempfile.gettempdir()) / "randommask-fasta"
+    return node_cache("fasta")
 
 
 def _head(path: Path, n: int = 18) -> bytes:

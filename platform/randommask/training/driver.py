@@ -208,13 +208,32 @@ def summarize(cfg: PretrainConfig, seconds: float) -> dict[str, Any]:
 
 
 # ---- the floors the losses are read against -----------------------------------------------------
+FLOORS_VERSION = 2  # bump when what run_floors computes changes: cached floors of older versions are not reused
+
+
 def run_floors(cfg: PretrainConfig) -> dict[str, Any]:
     """The data's floors (randommask.data.floors), each evaluation set's overlap and overlap-only
-    references and its count tables in its own geometry."""
+    references and its count tables in its own geometry. They depend only on the prepared data and
+    the evaluation settings, so they are cached on the node (``common.cache``) by those: a resumed
+    run, or another run on the same data, does not count them again."""
+    import hashlib
+    import json
+
+    from randommask.common import cache
     from randommask.data.floors import compute_floors, eval_reference
     from randommask.training.validation import eval_sets
 
     d = cfg.data
+    manifest = read_manifest(d.prepared, d.storage_options or None)
+    identity = {"version": FLOORS_VERSION, "prepared": [manifest.get("run"), manifest.get("created")], "k": d.k,
+                "stride": d.stride, "window_bp": d.window_bp, "max_n_fraction": d.max_n_fraction,
+                "eval_windows": cfg.run.eval_windows}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+    cached = cache.read_json("floors", key)
+    if cached is not None:
+        return cached
+    print(f"[{cfg.run.name}] floors: counting the references of {d.prepared} (cached for later runs on it)",
+          flush=True)
     try:
         sets = eval_sets(cfg)
     except UserError:
@@ -225,4 +244,5 @@ def run_floors(cfg: PretrainConfig) -> dict[str, Any]:
         floors[f"eval_{name}_overlap"] = None if ref is None else round(ref, 4)
         blind = eval_reference(inputs, labels, d.k, d.stride, math.log(4))  # reads every visible base, knows no DNA
         floors[f"overlap_only_{name}"] = None if blind is None else round(blind, 4)
+    cache.write_json("floors", key, floors)
     return floors

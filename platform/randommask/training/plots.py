@@ -52,13 +52,16 @@ def draw_base_losses(ax, runs: dict[str, Sequence[dict]], floors: dict | None) -
                 ax.plot(xs, ys, style, color=colours()[i % len(colours())], lw=1.6, marker="o", ms=3,
                         label=f"{prefix}{name} per base")
     for value, label in base_lines(floors):
-        ax.axhline(value, color="black" if label.startswith("chance") else "dimgrey", lw=1, ls="--", alpha=0.7,
+        # each evaluation's counting line in that evaluation's style (span-k dashed, span-2k dotted)
+        style = ":" if "span-2k" in label else "-" if label.startswith("chance") else "--"
+        label = label if label.startswith("chance") else f"{label}, the line to beat"
+        ax.axhline(value, color="black" if label.startswith("chance") else "tab:green", lw=1.2, ls=style, alpha=0.8,
                    label=f"{label}: {value:.3f}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("eval loss per hidden base (nats)")
     ax.set_title("what the model knows about hidden bases", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)  # below the axes: off the curves
 
 
 def loss_curves_png(runs: dict[str, Sequence[dict]], title: str = "", floors: dict | None = None) -> bytes:
