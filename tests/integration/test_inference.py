@@ -437,9 +437,10 @@ def test_zeroshot_reads_a_pretrained_model_against_the_count_tables(tiny_run, pr
     assert res.returncode == 0, res.stderr
     r = json.loads(out.read_text())
     assert r["n"] == 400 and r["strands"] == "both" and r["window_bp"] == cfg.data.window_bp - 1  # the run's, made odd
-    assert r["chance"] == pytest.approx(-np.log(4), abs=1e-5) and set(r["tables"]) == {"1", "2", "3", "4"}
+    assert r["chance"] == pytest.approx(-np.log(4), abs=1e-5) and set(r["tables"]) == {str(m) for m in range(1, 11)}
     best = r["tables"][r["best_table"]]
     assert best == max(r["tables"].values()) and r["chance"] < best < -1.2  # E. coli flanks: a little over chance
+    assert r["tables"]["10"] > r["tables"]["4"]  # back-off keeps improving past 4 bases each side (add-one did not)
     assert r["vs_best_table"] == pytest.approx(r["mean_log_p_ref"] - best, abs=2e-5)
     # what produced it: these weights, this package, these settings
     assert r["provenance"]["weights_sha256"] == weights_digest(str(run / "final"))
