@@ -145,3 +145,17 @@ def test_a_kmer_frequency_model_scores_about_the_count_tables():
     tables = [base_table_loss([train], [held_out], m) for m in (1, 2, 3)]
     assert min(tables) - 0.03 < loss / bases < (2 * one_sided + 4 * two_sided) / 6 + 0.03
     assert loss / bases < LN4 - 0.3
+
+
+def test_single_nucleotide_tokens_score_the_cross_entropy_of_their_own_base():
+    # k = 1: a masked token hides its base and nothing else shows it, so the per-base loss is the
+    # plain cross-entropy of the four base logits, renormalized, at every masked position
+    codes = np.random.default_rng(5).integers(0, 4, (16, 40)).astype(np.uint8)
+    ids = encode(torch.from_numpy(codes), 1)
+    inputs, labels = masked(ids, 1, 1, seed=2)
+    n = int((labels != -100).sum())
+    logits = torch.randn(n, 4 + NUM_SPECIAL, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    loss, bases = per_base_sums(logits, inputs, labels, 1)
+    truth = labels[labels != -100] - NUM_SPECIAL
+    want = -torch.log_softmax(logits[:, NUM_SPECIAL:], dim=1)[torch.arange(n), truth].sum()
+    assert bases == n and loss == pytest.approx(float(want), rel=1e-6)  # float32 inside

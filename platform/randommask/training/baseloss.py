@@ -42,7 +42,10 @@ def offset_log_probs(kmer_logits: torch.Tensor, visible: torch.Tensor, digits: t
         logits = logits + penalty[:, i].reshape(view)
     total = torch.logsumexp(logits.reshape(n, -1), dim=1)
     dims = list(range(1, k + 1))
-    out = [torch.logsumexp(logits, dim=[d for d in dims if d != 1 + i]) - total[:, None] for i in range(k)]
+    out = []
+    for i in range(k):
+        rest = [d for d in dims if d != 1 + i]  # k = 1: nothing to sum out (an empty dim list would sum everything)
+        out.append((torch.logsumexp(logits, dim=rest) if rest else logits) - total[:, None])
     return torch.stack(out, dim=1)
 
 
