@@ -70,6 +70,12 @@ collect() {  # the small, durable results
   for f in "$OUT"/finetune/*/results.json; do
     [ -f "$f" ] && cp "$f" "$KEEP/$(basename "$(dirname "$f")").finetune.json"
   done
+  # written aside and renamed: a failure leaves the last summary whole, and warns rather than stopping runs
+  if $PY jobs/experiments/helps_cpu_summary.py "$KEEP" > "$KEEP/summary.md.tmp"; then
+    mv "$KEEP/summary.md.tmp" "$KEEP/summary.md"
+  else
+    rm -f "$KEEP/summary.md.tmp"; echo "helps-cpu: summary.md not updated (see the error above)" >&2
+  fi
   return 0
 }
 
