@@ -3,7 +3,7 @@
 
 import pytest
 
-from conftest import TINY_CONFIG, run_cli, run_main
+from conftest import TINY_CONFIG, load_tiny, run_cli, run_main
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -56,3 +56,19 @@ def test_resume_conflicts_name_training_settings_only():
     assert resume_conflicts(base, other) == ["data.k: 6 -> 3", "masking.strategy: 'span' -> 'randommask'"]
     newer = {**base, "optim": {**base["optim"], "grad_clip": 1.0}}  # a setting the saved run's version lacked
     assert resume_conflicts(base, newer) == []
+
+
+def test_the_floors_cache_key_follows_the_data_content_and_the_evaluation_settings(tmp_path):
+    from randommask.training.driver import floors_key
+
+    cfg = load_tiny(tmp_path, tmp_path, "r")
+    manifest = {"run": "a", "created": "t0", "shards": [{"path": "shards/a/f0.bin", "sha256": "1" * 64}],
+                "validation": [{"record": 0, "start": 10, "end": 20}]}
+    key = floors_key(cfg, manifest)
+    # the same content prepared again (another run id and path) or copied elsewhere: the same floors
+    assert floors_key(cfg, {**manifest, "run": "b", "created": "t1",
+                            "shards": [{"path": "shards/b/f0.bin", "sha256": "1" * 64}]}) == key
+    assert floors_key(cfg, {**manifest, "shards": [{"path": "x", "sha256": "2" * 64}]}) != key
+    assert floors_key(cfg, {**manifest, "validation": [{"record": 0, "start": 10, "end": 21}]}) != key
+    for change in ("run.eval_windows=7", "data.window_bp=64", "data.k=3"):
+        assert floors_key(load_tiny(tmp_path, tmp_path, "r", change), manifest) != key

@@ -211,24 +211,31 @@ def summarize(cfg: PretrainConfig, seconds: float) -> dict[str, Any]:
 FLOORS_VERSION = 2  # bump when what run_floors computes changes: cached floors of older versions are not reused
 
 
+def floors_key(cfg: PretrainConfig, manifest: dict[str, Any]) -> str:
+    """What the floors depend on, hashed: the prepared data's content (its shards' SHA-256 and the
+    validation intervals, so a copy of the same data on S3, or the same genome prepared again with
+    the same options, shares the key) and the evaluation settings."""
+    import hashlib
+    import json
+
+    d = cfg.data
+    identity = {"version": FLOORS_VERSION, "shards": [s["sha256"] for s in manifest.get("shards", [])],
+                "validation": manifest.get("validation"), "k": d.k, "stride": d.stride, "window_bp": d.window_bp,
+                "max_n_fraction": d.max_n_fraction, "eval_windows": cfg.run.eval_windows}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
 def run_floors(cfg: PretrainConfig) -> dict[str, Any]:
     """The data's floors (randommask.data.floors), each evaluation set's overlap and overlap-only
     references and its count tables in its own geometry. They depend only on the prepared data and
     the evaluation settings, so they are cached on the node (``common.cache``) by those: a resumed
     run, or another run on the same data, does not count them again."""
-    import hashlib
-    import json
-
     from randommask.common import cache
     from randommask.data.floors import compute_floors, eval_reference
     from randommask.training.validation import eval_sets
 
     d = cfg.data
-    manifest = read_manifest(d.prepared, d.storage_options or None)
-    identity = {"version": FLOORS_VERSION, "prepared": [manifest.get("run"), manifest.get("created")], "k": d.k,
-                "stride": d.stride, "window_bp": d.window_bp, "max_n_fraction": d.max_n_fraction,
-                "eval_windows": cfg.run.eval_windows}
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+    key = floors_key(cfg, read_manifest(d.prepared, d.storage_options or None))
     cached = cache.read_json("floors", key)
     if cached is not None:
         return cached
