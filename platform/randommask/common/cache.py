@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ def read_json(kind: str, key: str) -> Any | None:
 
 
 def write_json(kind: str, key: str, value: Any) -> None:
-    """Cache a JSON value; a cache that cannot be written is skipped (it only saves time)."""
+    """Cache a JSON value; a cache that cannot be written is warned about and skipped (it only saves time)."""
     folder = cache_dir(kind)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -33,5 +34,6 @@ def write_json(kind: str, key: str, value: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(value, f)
         os.replace(tmp, folder / f"{key}.json")
-    except OSError:
-        pass
+    except OSError as e:  # only time is lost: say so once and go on
+        print(f"warning  node cache {folder} not writable ({e.strerror}); set RANDOMMASK_CACHE to a writable "
+              "folder to keep such results between runs", file=sys.stderr)
