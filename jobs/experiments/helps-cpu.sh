@@ -30,7 +30,10 @@ KEEP=${KEEP:-docs/experiments/helps-cpu}
 CONFIG=jobs/configs/helps-cpu.yaml
 LRS=${LRS:-1e-4,3e-4,1e-3}
 FT_SEEDS=${FT_SEEDS:-2}
-MAX_TRAIN=${MAX_TRAIN:-}   # empty: every training row (the issue caps them only if time demands)
+SEARCH_SEEDS=${SEARCH_SEEDS:-1}   # the rate chosen on seed 0's dev score, seed 1 at that rate only
+# 10,000 training rows at most (prom_core_all, tf/0, tf/2 are capped; the same rows for every model):
+# every row would take about 90 min of fine-tuning per model, 15 h for the ten (docs/experiments.md 5)
+MAX_TRAIN=${MAX_TRAIN:-10000}
 POSITIONS=${POSITIONS:-5000}
 THREADS=${THREADS:-1}
 MAX_STEPS=$($PY -c "import yaml; print(yaml.safe_load(open('$CONFIG'))['optim']['max_steps'])")
@@ -89,6 +92,7 @@ downstream() {  # $1: a model's name, $2: its directory
   if [ ! -f "$OUT/finetune/$1/results.json" ]; then  # written once all its trials are done
     note "$1: finetune, lr on dev from $LRS"
     $RM finetune --checkpoint "$2" --gue-dir "$GUE" --tasks "$TASKS" --seeds "$FT_SEEDS" --lr "$LRS" \
+        --search-seeds "$SEARCH_SEEDS" \
         ${MAX_TRAIN:+--max-train "$MAX_TRAIN"} --out "$OUT/finetune/$1" --mlflow-uri none
     collect
   fi

@@ -226,3 +226,20 @@ def test_lr_search_selects_on_dev_reports_that_rates_test_and_resumes(ray_local,
     assert r2["datasets"][0]["lr_search"] == r["datasets"][0]["lr_search"]
     with pytest.raises(UserError, match="trial mouse/2 seed 0 was run with epochs=2, not 3"):
         finetune(str(tiny_checkpoint), str(gue_dir), "mouse/2", str(out), **{**args, "epochs": 3})
+
+    # --search-seeds 1 with a second seed: the rate is chosen on seed 0 (the trials above, reused), and
+    # seed 1 runs at that rate alone; the row reports both seeds of the chosen rate.
+    logs.clear()
+    r3 = finetune(str(tiny_checkpoint), str(gue_dir), "mouse/2", str(out), log=logs.append,
+                  **{**args, "seeds": 2}, search_seeds=1)
+    assert "2 trial(s) (1 dataset(s) x 2 learning rate(s) x 1 seed(s), choosing each dataset's rate on dev); " \
+           "2 already finished, 0 to run" in logs[0], logs
+    assert f"rate chosen on dev with 1 seed(s): mouse/2 {chosen:g}" in logs, logs
+    assert any("1 trial(s) (the other 1 seed(s) at each dataset's chosen rate); 0 already finished, 1 to run" in line
+               for line in logs), logs
+    assert sorted(p.name for p in (out / "trials").iterdir()) == sorted(names + [f"mouse_2__lr{chosen:g}__seed1.json"])
+    seed1 = json.loads((out / "trials" / f"mouse_2__lr{chosen:g}__seed1.json").read_text())
+    row = r3["datasets"][0]
+    assert r3["search_seeds"] == 1 and row["lr_search"]["selected"] == chosen
+    assert row["per_seed"] == {0: test["mcc"], 1: seed1["test"]["mcc"]} and row["seeds_ok"] == 2
+    assert row["score_mean"] == pytest.approx((test["mcc"] + seed1["test"]["mcc"]) / 2)

@@ -162,7 +162,7 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gue-dir", required=True, help="GUE root: <group>/<dataset>/{train,dev,test}.csv (local or s3://)")
     p.add_argument("--tasks", default="all", help="'all' (missing datasets are listed and skipped) or "
                    "comma-separated names or groups, e.g. prom/prom_core_all,tf")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="fine-tuning seeds per dataset (and per rate in an --lr search; default: 3)")
     p.add_argument("--max-train", type=int, help="subsample training rows (the same rows for every seed)")
     p.add_argument("--max-eval", type=int, help="subsample dev and test rows")
     p.add_argument("--protocol", choices=["published", "fast"], default="published",
@@ -173,6 +173,8 @@ def add_finetune(sub: argparse._SubParsersAction) -> None:
                    "comma-separated list, e.g. 1e-4,3e-4,1e-3, is searched: one trial per (dataset, rate, seed), each "
                    "dataset's rate chosen by its mean dev score by the protocol's criterion, test reported for that "
                    "rate only (default: the protocol's rate, no search; docs/finetune.md)")
+    p.add_argument("--search-seeds", type=int, help="in an --lr search, compare the rates on the first N seeds only, "
+                   "then run the other seeds at each dataset's chosen rate (default: every seed runs every rate)")
     p.add_argument("--batch-size", type=int, help="override the protocol's batch size, 32 (makes it custom)")
     p.add_argument("--lora", action="store_true", help="LoRA (peft) instead of full fine-tuning")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
@@ -197,7 +199,7 @@ def run_finetune(args: argparse.Namespace) -> None:
                  protocol=args.protocol, lora=args.lora,
                  cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, baselines=args.baselines,
                  storage_options=storage_options_from(args), mlflow_uri=args.mlflow_uri, save_models=args.save_models,
-                 allow_untrained_positions=args.allow_untrained_positions)
+                 allow_untrained_positions=args.allow_untrained_positions, search_seeds=args.search_seeds)
     for row in r["datasets"]:
         score = f"{row['score_mean']:.4f} ± {row['score_std']:.4f}" if "score_mean" in row else "failed"
         rank = f"  rank {row['rank']}/{row['rank_of']}" if "rank" in row else ""

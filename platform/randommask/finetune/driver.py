@@ -37,10 +37,11 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
              batch_size: int | None = None, protocol: str = "published", lora: bool = False, cpus_per_trial: float = 1.0,
              gpus_per_trial: float = 0.0, baselines: str | None = None, storage_options: dict | None = None,
              log=print, mlflow_uri: str | None = None, save_models: bool = False,
-             allow_untrained_positions: bool = False) -> dict[str, Any]:
+             allow_untrained_positions: bool = False, search_seeds: int | None = None) -> dict[str, Any]:
     """Fine-tune ``checkpoint`` on GUE datasets with Ray Tune under ``protocol`` (published, fast;
     overrides make it custom); returns the aggregated results. ``lr``: one rate overrides the protocol's;
-    several are searched, each dataset's rate chosen on dev (``finetune.search``). ``save_models`` keeps
+    several are searched, each dataset's rate chosen on dev (``finetune.search``); with ``search_seeds`` N,
+    on the first N seeds only, the other seeds then run at the chosen rate alone. ``save_models`` keeps
     each trial's selected model, with its card, under ``OUT/models/``. A dataset needing positions the
     checkpoint never trained is refused before any trial unless ``allow_untrained_positions``
     (``finetune.window``)."""
@@ -52,14 +53,15 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
                         ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
+    rates = search.trial_rates(lr)
+    searching = len(rates) > 1
+    n_search = search.search_seeds(search_seeds, seeds, searching)
     uri = tracking_uri(mlflow_uri)  # a URI MLflow cannot use is refused now, not after the trials
     if storage.is_local(out):
         out = os.path.abspath(out)
     if storage.is_local(gue_dir):
         gue_dir = os.path.abspath(gue_dir)
     present, _ = gue.select(gue_dir, tasks, storage_options, log)
-    rates = search.trial_rates(lr)
-    searching = len(rates) > 1
     plans = {(name, r): protocols.plan(gue.REGISTRY[name], protocol, epochs, r, batch_size)
              for name in present for r in rates}
     cost: dict[str, float] = {}
@@ -82,42 +84,58 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
         except ImportError:
             raise UserError("--lora needs peft: pip install peft") from None
 
-    pairs = [TrialKey(n, r, s) for n in present for r in rates for s in range(seeds)]
     # Trials get the checkpoint's own address: a remote one is fetched once on each node.
     trial_ckpt = checkpoint if not storage.is_local(checkpoint) else local_ckpt
     requested = dict(max_train=max_train, max_eval=max_eval, lora=lora, checkpoint=trial_ckpt)
-    finished = {pair: _read_trial(out, pair, searching, storage_options) for pair in pairs}
-    finished = {pair: t for pair, t in finished.items() if t is not None}
-    for pair, t in finished.items():  # a finished trial counts only if it ran with these settings
-        _check_same_settings(t, requested, plans[(pair.dataset, pair.lr)], out)
-    unsaved = [pair for pair, t in finished.items() if save_models and not t.get("model")]
-    if unsaved:  # its model was not kept: run it again (same settings, same rows, same seed) to keep it
-        log(f"{len(unsaved)} finished trial(s) have no saved model: running them again to save it")
-        finished = {pair: t for pair, t in finished.items() if pair not in unsaved}
-    # The longest trials (covid, EMP) start first, so they do not finish alone at the end of a sweep.
-    todo = sorted((pair for pair in pairs if pair not in finished),
-                  key=lambda pair: (-cost[pair.dataset], pair.dataset, pair.seed, pair.lr or 0.0))
+    tune_common = dict(checkpoint=trial_ckpt, gue_dir=gue_dir, out=out, max_train=max_train, max_eval=max_eval,
+                       epochs=epochs, batch_size=batch_size, search=searching, protocol=protocol, lora=lora,
+                       gpu=gpus_per_trial > 0, save_model=save_models, threads=max(1, int(cpus_per_trial)),
+                       storage_options=storage_options)
+
+    def run_round(pairs: list[TrialKey], what: str) -> list[dict[str, Any]]:
+        """Runs the trials of ``pairs`` not finished yet; returns every pair's record, failed ones included."""
+        finished = {pair: _read_trial(out, pair, searching, storage_options) for pair in pairs}
+        finished = {pair: t for pair, t in finished.items() if t is not None}
+        for pair, t in finished.items():  # a finished trial counts only if it ran with these settings
+            _check_same_settings(t, requested, plans[(pair.dataset, pair.lr)], out)
+        unsaved = [pair for pair, t in finished.items() if save_models and not t.get("model")]
+        if unsaved:  # its model was not kept: run it again (same settings, same rows, same seed) to keep it
+            log(f"{len(unsaved)} finished trial(s) have no saved model: running them again to save it")
+            finished = {pair: t for pair, t in finished.items() if pair not in unsaved}
+        # The longest trials (covid, EMP) start first, so they do not finish alone at the end of a sweep.
+        todo = sorted((pair for pair in pairs if pair not in finished),
+                      key=lambda pair: (-cost[pair.dataset], pair.dataset, pair.seed, pair.lr or 0.0))
+        log(f"finetune {len(pairs)} trial(s) ({what}); {len(pairs) - len(todo)} already finished, {len(todo)} to run")
+        failures = _run_tune(todo, tune_common, cpus_per_trial, gpus_per_trial, log) if todo else {}
+        trials = [finished.get(pair) or _read_trial(out, pair, searching, storage_options) for pair in pairs]
+        trials = [t for t in trials if t is not None]
+        for pair, err in failures.items():
+            failed = {"dataset": pair.dataset, "seed": pair.seed, "status": "failed", "error": err}
+            trials.append({**failed, "lr": pair.lr, "error": f"lr {pair.lr:g}: {err}"} if searching else failed)
+        return trials
+
     times = f" x {len(rates)} learning rate(s)" if searching else ""
-    log(f"finetune {len(pairs)} trial(s) ({len(present)} dataset(s){times} x {seeds} seed(s)); "
-        f"{len(pairs) - len(todo)} already finished, {len(todo)} to run")
-    failures: dict[TrialKey, str] = {}
-    if todo:
-        failures = _run_tune(todo, dict(checkpoint=trial_ckpt, gue_dir=gue_dir, out=out, max_train=max_train,
-                                        max_eval=max_eval, epochs=epochs, batch_size=batch_size, search=searching,
-                                        protocol=protocol, lora=lora, gpu=gpus_per_trial > 0, save_model=save_models,
-                                        threads=max(1, int(cpus_per_trial)), storage_options=storage_options),
-                             cpus_per_trial, gpus_per_trial, log)
-    trials = [finished.get(pair) or _read_trial(out, pair, searching, storage_options) for pair in pairs]
-    trials = [t for t in trials if t is not None]
-    for pair, err in failures.items():
-        failed = {"dataset": pair.dataset, "seed": pair.seed, "status": "failed", "error": err}
-        trials.append({**failed, "lr": pair.lr, "error": f"lr {pair.lr:g}: {err}"} if searching else failed)
+    trials = run_round([TrialKey(n, r, s) for n in present for r in rates for s in range(n_search)],
+                       f"{len(present)} dataset(s){times} x {n_search} seed(s)"
+                       + (", choosing each dataset's rate on dev" if n_search < seeds else ""))
     some = next(iter(plans.values()))
+    if n_search < seeds:  # the other seeds, at each dataset's rate chosen on the search seeds
+        chosen = {n: search.choose([t for t in trials if t["dataset"] == n], rates, some.selection,
+                                   gue.REGISTRY[n].metric).selected for n in present}
+        lost = [n for n, r in chosen.items() if r is None]
+        if lost:
+            log(f"no rate finished on every search seed for {', '.join(lost)}: its other seed(s) are not run")
+        log(f"rate chosen on dev with {n_search} seed(s): "
+            + ", ".join(f"{n} {r:g}" for n, r in chosen.items() if r is not None))
+        trials += run_round([TrialKey(n, r, s) for n, r in chosen.items() if r is not None
+                             for s in range(n_search, seeds)],
+                            f"the other {seeds - n_search} seed(s) at each dataset's chosen rate")
     precision = sorted({t["ran"]["precision"] for t in trials if t["status"] == "ok"}) or ["fp32"]
     run = {"protocol": some.protocol, "selection": some.selection, "precision": ", ".join(precision),
            "max_train": max_train, "max_eval": max_eval, "source": gue.PUBLISHED_SOURCE,
            "not_comparable": comparability(some.protocol, max_train, max_eval),
-           **({"lr_search": list(rates)} if searching else {})}
+           **({"lr_search": list(rates)} if searching else {}),
+           **({"search_seeds": n_search} if n_search < seeds else {})}
     results = aggregate(trials, published, checkpoint, run)
     write_results(out, results, storage_options)
     if uri is not None:  # MLflow is imported only here, with tracking on

@@ -61,7 +61,7 @@ def aggregate(trials: list[dict], published: dict | None, checkpoint: str, run: 
         choice = None
         if run.get("lr_search"):  # test scores of the selected rate only
             choice = search.choose([t for t in trials if t["dataset"] == name], run["lr_search"], run["selection"],
-                                   ds.metric)
+                                   ds.metric, run.get("search_seeds"))
             ok = [t for t in ok if search.rate_of(t) == choice.selected]
         row: dict[str, Any] = {"dataset": name, "task": ds.task, "metric": ds.metric, "seeds_ok": len(ok),
                                "seeds_failed": len(failed), "errors": [t["error"] for t in failed]}
@@ -136,7 +136,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"Learning rate chosen per dataset on dev from {', '.join(f'{x:g}' for x in results['lr_search'])}: "
                   f"the {rule} mean over seeds of each seed's selected dev score (ties: the smaller rate); the "
                   "scores below are the chosen rate's (the lr column), every rate's dev scores under "
-                  "\"Learning rate on dev\".", ""]
+                  "\"Learning rate on dev\"."
+                  + (f" Rates were compared on the first {results['search_seeds']} seed(s); the other seeds ran "
+                     "at the chosen rate only." if results.get("search_seeds") else ""), ""]
     head = ["dataset", "metric", "ours", "seeds", "steps", "epochs", "lr", "batch"] + (["rank"] + models if models else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

@@ -42,6 +42,18 @@ def trial_rates(lr: float | Sequence[float] | None) -> tuple[float | None, ...]:
     return rates
 
 
+def search_seeds(n: int | None, seeds: int, searching: bool) -> int:
+    """``--search-seeds``: how many seeds every rate runs on (the rest run at the chosen rate only);
+    None: every seed."""
+    if n is None:
+        return seeds
+    if not searching:
+        raise UserError("--search-seeds needs an --lr search (several rates, e.g. --lr 1e-4,3e-4,1e-3)")
+    if not 1 <= n <= seeds:
+        raise UserError(f"--search-seeds must be between 1 and --seeds ({seeds}), got {n}")
+    return n
+
+
 def rate_of(trial: dict[str, Any]) -> float:
     """The learning rate a trial ran with (a failed trial's record holds the rate it was given)."""
     return float(trial["hyperparameters"]["lr"] if trial["status"] == "ok" else trial["lr"])
@@ -72,12 +84,15 @@ class LrChoice:
                            "seeds_failed": r.seeds_failed} for r in self.rates]}
 
 
-def choose(trials: list[dict[str, Any]], rates: Sequence[float], selection: str, metric: str) -> LrChoice:
-    """The rate with the best mean dev score over seeds among one dataset's ``trials``. Only a rate whose
-    every seed finished competes (a mean over fewer seeds does not compare); a diverged rate's NaN loses;
-    ties go to the smallest rate."""
+def choose(trials: list[dict[str, Any]], rates: Sequence[float], selection: str, metric: str,
+           on_seeds: int | None = None) -> LrChoice:
+    """The rate with the best mean dev score over seeds among one dataset's ``trials`` (those of the first
+    ``on_seeds`` seeds only, when given: the search seeds). Only a rate whose every seed finished competes
+    (a mean over fewer seeds does not compare); a diverged rate's NaN loses; ties go to the smallest rate."""
     key, lower = criterion(selection, metric)
     scored = []
+    if on_seeds is not None:
+        trials = [t for t in trials if int(t["seed"]) < on_seeds]
     for lr in rates:
         mine = [t for t in trials if rate_of(t) == lr]
         ok = sorted((t for t in mine if t["status"] == "ok"), key=lambda t: t["seed"])
