@@ -22,9 +22,10 @@ its best m is the line to beat. (Absolute discounting with Kneser-Ney's estimate
 tried first: on E. coli it gets worse than m = 4 from m = 5 on, as singletons of near-random
 contexts take too much weight.)
 
-Counting is vectorized: per context shape (bases and gap on each side), one pass over the training positions packs
-each position's context into an int64 and looks it up among the queried contexts (``searchsorted``),
-so only the contexts some query needs are counted.
+Counting is vectorized: per context shape (bases and gap on each side), a pass over the training positions packs
+each position's context into an int64 and looks it up among the queried contexts (a dense table or
+a filter and ``searchsorted``), so only the contexts some query needs are counted; a shape scans only
+the positions where its back-off parent found a queried context, so long contexts cost little.
 """
 
 from __future__ import annotations
@@ -224,16 +225,33 @@ class BackoffTable:
         lefts = {g: (_shifted(left, g), _shifted(lrun, g)) for g in {shape[2] for shape in self.contexts}}
         rights = {g: (_shifted(right, -g), _shifted(rrun, -g)) for g in {shape[3] for shape in self.contexts}}
 
-        def count(shape: Shape) -> None:
+        # A position whose context is queried also has its back-off parent's queried (the needed sets are
+        # whole chains), so each shape scans only the positions its parent matched: the short contexts
+        # pass over the strand, the long ones over the few positions left.
+        children: dict[Shape, list[Shape]] = {}
+        for shape in self.contexts:
+            chain = _chain(shape)
+            if len(chain) > 1:
+                children.setdefault(chain[1], []).append(shape)
+
+        def count(shape: Shape, candidates: np.ndarray) -> None:
             a, b, lg, rg = shape
             (lv, lr), (rv, rr) = lefts[lg], rights[rg]
-            ok = np.flatnonzero(valid & (lr >= a) & (rr >= b))
+            ok = candidates[(lr[candidates] >= a) & (rr[candidates] >= b)]
             where, at = self.index[shape].find(_keys(lv[ok], rv[ok], a, b))
-            self.counts[shape] += np.bincount(at * 4 + base[ok[where]],
+            hits = ok[where]
+            self.counts[shape] += np.bincount(at * 4 + base[hits],
                                               minlength=4 * len(self.contexts[shape])).reshape(-1, 4)
+            for child in children.get(shape, ()):
+                count(child, hits)
 
+        root = _shape(0, 0, 0, 0)  # every chain ends there: no context
+        if root not in self.contexts:  # no query
+            return
+        everything = np.flatnonzero(valid)
+        self.counts[root] += np.bincount(base[everything], minlength=4).reshape(1, 4)
         with ThreadPoolExecutor(THREADS) as pool:  # numpy releases the GIL on these arrays
-            list(pool.map(count, self.contexts))
+            list(pool.map(lambda shape: count(shape, everything), children.get(root, ())))
 
     def _fit(self) -> None:
         """Each context's distribution, shortest contexts first, and each context length's prior
