@@ -162,6 +162,26 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def sharp_checkpoint(tmp_path_factory) -> Path:
+    """A tiny model (seed 1) whose output layer is scaled up 40 times: its predictions are far from
+    uniform, so the covering tokens and the two strands visibly disagree and every way of combining
+    them gives a different number. Read only."""
+    import torch
+
+    from randommask.data.tokenizer import KmerTokenizer
+    from randommask.training.model import build_mlm
+
+    d = tmp_path_factory.mktemp("sharp") / "final"
+    torch.manual_seed(1)
+    mlm = build_mlm("tiny", 6)
+    with torch.no_grad():
+        mlm.cls.predictions.decoder.weight.mul_(40)
+    mlm.save_pretrained(d)
+    KmerTokenizer(6).save_pretrained(d)
+    return d
+
+
 # ---- a real Ray cluster and a real S3-compatible server (integration tier) ---------------------------
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):

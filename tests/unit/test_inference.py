@@ -1,6 +1,7 @@
 """Inference without Ray: genome access (plain, bgzip, gzip, read-only folders), BED regions and tiles,
-the four-base distribution and VCF reading (embeddings and variant scores through a real Ray cluster and
-the local S3 server are in tests/integration/test_inference.py)."""
+and VCF reading (the scores and embeddings against plain implementations are in
+test_inference_numbers.py; through a real Ray cluster and the local S3 server in
+tests/integration/test_inference.py)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,12 @@ import gzip
 import os
 import stat
 
-import numpy as np
 import pytest
 
 from conftest import random_dna, write_fasta
 from randommask.errors import UserError
 from randommask.inference import fasta as fasta_io
 from randommask.inference.alleles import reason_kind
-from randommask.inference.centre import base_log_probs, combine_strands
 from randommask.inference.regions import read_bed, tiles
 from randommask.inference.variant_inputs import read_vcf
 
@@ -123,16 +122,8 @@ def test_tiles_cover_every_kmer_exactly_once(length, max_kmers, k, stride):
     assert covered == set(range(0, (length - k) // stride * stride + k))  # every base in a k-mer
 
 
-# ---- variant scores -----------------------------------------------------------------------------
-def test_the_four_base_distribution(tmp_path):
-    rng = np.random.default_rng(0)
-    p = np.exp(base_log_probs(rng.normal(size=(6, 4)) * 5))
-    assert p.shape == (4,) and abs(p.sum() - 1) < 1e-12 and (p > 0).all()
-    assert np.allclose(np.exp(base_log_probs(np.zeros((3, 4)))), 0.25)
-    # Both strands: the reverse strand's prediction of T (code 1) is the forward strand's of A (code 0).
-    fwd, rev = np.log([0.7, 0.1, 0.1, 0.1]), np.log([0.1, 0.7, 0.1, 0.1])
-    assert np.allclose(np.exp(combine_strands(fwd, rev)), [0.7, 0.1, 0.1, 0.1])
-    assert np.allclose(combine_strands(fwd, None), fwd)
+# ---- variant inputs (the scores themselves: tests/unit/test_inference_numbers.py) -----------------
+def test_every_alt_of_a_vcf_is_a_row_and_a_bad_vcf_is_one_line(tmp_path):
     vcf = tmp_path / "v.vcf.gz"
     vcf.write_bytes(gzip.compress(b"##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
                                   b"c\t5\ta\tA\tG,T\t.\t.\t.\nc\t6\tb\tAC\tA\t.\t.\t.\n"
