@@ -5,6 +5,7 @@ tests/integration/test_finetune.py)."""
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,6 +135,51 @@ def test_the_lowest_dev_loss_step_is_what_test_scores(gue_dir, tiny_checkpoint, 
     assert f"step {best:,} of" in card.text and "majority class" in card.text
 
 
+def gc_rich_gue(root, rows=(128, 48, 64), seed=0):
+    """A GUE-shaped prom/prom_core_tata of 70 bp rows: label 1 rows are 80% G or C, label 0 rows 50%: a
+    tiny model learns it within a few epochs, so its dev metric moves."""
+    rng = np.random.default_rng(seed)
+    d = root / "prom" / "prom_core_tata"
+    d.mkdir(parents=True)
+    for split, n in zip(gue.SPLITS, rows):
+        lines = ["sequence,label"]
+        for label in rng.integers(0, 2, n):
+            gc = 0.8 if label else 0.5
+            seq = "".join(rng.choice(list("ACGT"), 70, p=[(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2]))
+            lines.append(f"{seq},{label}")
+        (d / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_fast_keeps_the_best_dev_metric_step(tiny_checkpoint, tmp_path):
+    """Selection by the dev metric at each epoch's end: the best step is the first with the highest dev
+    MCC (not the lowest dev loss, not the last), and the test metrics are those of its weights."""
+    from transformers import BertForSequenceClassification
+
+    gue_dir = gc_rich_gue(tmp_path / "gue", seed=5)  # dev MCC 1.0 first at step 28, again at 32 (lowest loss)
+    states, threads = {}, torch.get_num_threads()
+    try:  # one thread: the same trajectory on any machine
+        result = run_trial({"dataset": "prom/prom_core_tata", "seed": 0, "checkpoint": str(tiny_checkpoint),
+                            "gue_dir": str(gue_dir), "out": str(tmp_path), "epochs": 8, "lr": 1e-2,
+                            "protocol": "fast", "threads": 1},
+                           on_evaluate=lambda step, model, dev: states.__setitem__(
+                               step, {k: v.detach().clone() for k, v in model.state_dict().items()}))
+    finally:
+        torch.set_num_threads(threads)
+    history = result["history"]
+    assert result["selection"] == "dev_metric@epoch" and [h["step"] for h in history] == list(range(4, 33, 4))
+    mccs, losses = [h["dev_mcc"] for h in history], [h["dev_loss"] for h in history]
+    best = history[mccs.index(max(mccs))]["step"]  # the first of equals, as Trainer keeps
+    assert mccs.count(max(mccs)) > 1, f"the test needs a tie for the best dev metric: {history}"
+    assert result["ran"]["best_step"] == best and result["dev_best"]["mcc"] == max(mccs)
+    assert best not in (history[0]["step"], history[-1]["step"], history[losses.index(min(losses))]["step"]), \
+        f"the test needs a run whose best dev metric is not its first, last or lowest-loss step: {history}"
+    test = _test_split(gue_dir, tiny_checkpoint, "prom/prom_core_tata", None, result["ran"]["max_tokens"])
+    model = BertForSequenceClassification.from_pretrained(tiny_checkpoint, num_labels=2, attn_implementation="sdpa")
+    model.load_state_dict(states[best])
+    assert {k: round(v, 5) for k, v in evaluate(model, *test, torch.device("cpu")).items()} == result["test"]
+
+
 def test_registry_has_the_28_gue_datasets():
     assert len(gue.REGISTRY) == 28 and len({d.task for d in gue.REGISTRY.values()}) == 7
     classes = {n: d.classes for n, d in gue.REGISTRY.items()}
@@ -196,10 +242,23 @@ def test_dnabert_format_directory_fine_tunes(gue_dir, tmp_path):
     cfg.pop("kmer", None)
     (d / "config.json").write_text(json.dumps(cfg))
     ckpt = resolve_checkpoint(str(d))
+    seen = {}
+    # a rate so small that AdamW moves no weight by more than about 1e-6 a step: the encoder the
+    # trial evaluates is the directory's own, a fresh initialization (a silent fallback) is not
     result = run_trial({"dataset": "prom/prom_core_tata", "seed": 0, "checkpoint": ckpt, "gue_dir": str(gue_dir),
-                        "out": str(tmp_path / "out"), "max_train": 64, "max_eval": 64, "epochs": 1})
+                        "out": str(tmp_path / "out"), "max_train": 64, "max_eval": 64, "epochs": 1, "lr": 1e-6},
+                       on_evaluate=lambda step, m, dev: seen.setdefault("state", {k: v.detach().clone()
+                                                                                  for k, v in m.state_dict().items()}))
     assert result["status"] == "ok" and result["ran"]["n_train"] == 64 and -1 <= result["test"]["mcc"] <= 1
     assert (tmp_path / "out" / "trials" / "prom_prom_core_tata__seed0.json").exists()
+    saved = {k: v for k, v in model.state_dict().items() if k.startswith("bert.")}  # what the directory holds
+    assert len(saved) > 10 and all(k in seen["state"] for k in saved)
+    for key, want in saved.items():
+        assert torch.allclose(seen["state"][key], want, atol=1e-4), key
+    torch.manual_seed(0)
+    fresh = build_mlm("tiny").state_dict()
+    assert not torch.allclose(fresh["bert.embeddings.word_embeddings.weight"], saved["bert.embeddings.word_embeddings.weight"],
+                              atol=1e-2)
 
 
 def test_lora_trains_only_adapters_and_head(gue_dir, tiny_checkpoint, tmp_path):

@@ -1,14 +1,26 @@
-"""The floors a [MASK]-only loss is read against, on synthetic genomes of known entropy, and the bases a
+"""The floors a [MASK]-only loss is read against, on synthetic genomes of known entropy and against plain
+implementations with strings and Counters, the splits they count (training bases only) and the bases a
 masked span hides (the floors of prepared genomes, the evaluation windows and a copying model scored on
 them are in tests/integration/test_floors.py)."""
 
+import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
-from randommask.data.floors import context_free_floor, eval_reference, hidden_bases, overlap_reference
+from randommask.data.floors import (
+    BASE_TABLE_FLANKS,
+    base_table_loss,
+    compute_floors,
+    context_free_floor,
+    eval_reference,
+    hidden_bases,
+    overlap_reference,
+)
+from randommask.data.shards import FORMAT, FORMAT_VERSION
 from randommask.data.tokenizer import MASK, NUM_SPECIAL
 
 LN4 = math.log(4)
@@ -62,3 +74,91 @@ def test_hidden_bases_of_a_span_of_k_is_one_and_a_kept_token_shows_it():
     wide_in = torch.where(wide != -100, MASK, ids)
     assert hidden_bases(wide_in, wide, k)[0, 8:20].tolist() == [1, 2, 3, 4, 5, 6, 6, 5, 4, 3, 2, 1]
     assert eval_reference(inputs, labels, k, 1, 1.3) == pytest.approx(1.3)
+
+
+def plain_kmers(pieces: list[str], k: int) -> Counter:
+    """Counts of the k-mers (strings) of each piece, those holding an N left out, one strand."""
+    return Counter(p[i : i + k] for p in pieces for i in range(len(p) - k + 1) if "N" not in p[i : i + k])
+
+
+def plain_context_free(train: list[str], validation: list[str], k: int) -> float:
+    q, v = plain_kmers(train, k), plain_kmers(validation, k)
+    total = sum(q.values()) + 4**k  # add-one over every k-mer
+    return -sum(n * math.log((q[w] + 1) / total) for w, n in v.items()) / sum(v.values())
+
+
+def plain_base_table_loss(train: list[str], validation: list[str], m: int) -> float:
+    joint = plain_kmers(train, 2 * m + 1)
+    context = Counter()
+    for w, n in joint.items():
+        context[w[:m] + w[m + 1 :]] += n
+    v = plain_kmers(validation, 2 * m + 1)
+    return -sum(n * math.log((joint[w] + 1) / (context[w[:m] + w[m + 1 :]] + 4)) for w, n in v.items()) / sum(v.values())
+
+
+def plain_overlap(train: list[str], flank: int) -> float:
+    """Plug-in H(middle base | flanks) = H(window) - H(flanks)."""
+    joint = plain_kmers(train, 2 * flank + 1)
+    context = Counter()
+    for w, n in joint.items():
+        context[w[:flank] + w[flank + 1 :]] += n
+
+    def entropy(c: Counter) -> float:
+        total = sum(c.values())
+        return -sum(n / total * math.log(n / total) for n in c.values())
+
+    return entropy(joint) - entropy(context)
+
+
+def codes_of(text: str) -> np.ndarray:
+    return np.array(["ATCGN".index(c) for c in text], dtype=np.uint8)
+
+
+def test_count_tables_by_hand_and_against_plain_counting():
+    # by hand: train AAAA has the 3-mer AAA twice, so P(A | A_A) = (2 + 1) / (2 + 4) = 1/2; its 1-mers
+    # are A four times, so P(A) = (4 + 1) / (4 + 4)
+    assert base_table_loss([codes_of("AAAA")], [codes_of("AAA")], 1) == pytest.approx(math.log(2), abs=1e-12)
+    assert context_free_floor([codes_of("AAAA")], [codes_of("AA")], 1) == pytest.approx(-math.log(5 / 8), abs=1e-12)
+    rng = np.random.default_rng(4)
+    train = ["".join(rng.choice(list("ACGT"), n)) for n in (3_000, 1_200)]
+    train[1] = train[1][:500] + "NN" + train[1][502:]  # no k-mer across an N
+    validation = ["".join(rng.choice(list("ACGT"), 900)) + "N" + "".join(rng.choice(list("ACGT"), 300))]
+    tc, vc = [codes_of(t) for t in train], [codes_of(v) for v in validation]
+    for m in (1, 2, 3):
+        assert base_table_loss(tc, vc, m) == pytest.approx(plain_base_table_loss(train, validation, m), abs=1e-12)
+    for k in (1, 3, 5):
+        assert context_free_floor(tc, vc, k) == pytest.approx(plain_context_free(train, validation, k), abs=1e-12)
+    assert overlap_reference(tc, flank=2) == pytest.approx(plain_overlap(train, 2), abs=1e-12)
+
+
+def test_the_floors_of_a_prepared_dataset_count_its_training_bases_only(tmp_path):
+    """compute_floors on a prepared directory written by hand (two records in one shard, validation
+    blocks inside and at the end, an N, soft-masked bases): every reference equals the plain counts of
+    the bases outside the manifest's validation blocks, scored on those inside; counted with the
+    validation bases too (a leak), none would."""
+    rng = np.random.default_rng(7)
+    records = ["".join(rng.choice(list("ACGT"), n)) for n in (4_000, 3_000)]
+    records[0] = records[0][:2_000] + "N" + records[0][2_001:]
+    validation = [(0, 1_000, 1_600), (1, 2_500, 3_000)]
+    shard = np.concatenate([codes_of(r) for r in records])
+    shard[::7] |= 8  # the lowercase bit, which counting ignores
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "s0.bin").write_bytes(shard.tobytes())
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "records": [{"name": f"r{i}", "length": len(r), "shard": "shards/s0.bin", "offset": off, "global_offset": off}
+                    for i, (r, off) in enumerate(zip(records, (0, 4_000)))],
+        "validation": [{"record": r, "start": s, "end": e} for r, s, e in validation]}))
+    train = [records[0][:1_000], records[0][1_600:], records[1][:2_500]]
+    held = [records[0][1_000:1_600], records[1][2_500:]]
+    assert sum(map(len, train + held)) == sum(map(len, records))  # disjoint, and every base in one of them
+    floors = compute_floors(str(tmp_path), 3)
+    assert floors["train_bases_used"] == 5_900 and floors["validation_bases"] == 1_100
+    assert floors["context_free"] == round(plain_context_free(train, held, 3), 4)
+    assert floors["overlap_per_base"] == round(plain_overlap(train, 3), 4)
+    assert floors["base_table"] == {str(m): round(plain_base_table_loss(train, held, m), 4) for m in BASE_TABLE_FLANKS}
+    leaked = train + held
+    assert abs(floors["context_free"] - plain_context_free(leaked, held, 3)) > 1e-3
+    assert abs(floors["overlap_per_base"] - plain_overlap(leaked, 3)) > 1e-3
+    for m in BASE_TABLE_FLANKS:
+        assert abs(floors["base_table"][str(m)] - plain_base_table_loss(leaked, held, m)) > 1e-3

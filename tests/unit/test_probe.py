@@ -1,6 +1,8 @@
 """`randommask probe`: windows that hold every k-mer once, pooled embeddings that match the windows'
-own, a bag of k-mers that finds a motif, and the command's output and bad input."""
+own, a bag of k-mers that finds a motif, both probes' scores against a plain transformers forward, plain
+k-mer counts and sklearn fitted here, and the command's output and bad input."""
 
+import itertools
 import json
 import shutil
 
@@ -125,3 +127,70 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path, arg
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("randommask: error: "), p.stderr
     assert message in lines[0] and not out.exists(), p.stderr
+
+
+def plain_embed(model_dir, seqs: list[str], k: int = 6) -> np.ndarray:
+    """Mean of the last hidden states over each sequence's tokens, with transformers alone: ids by hand
+    ([CLS]=2, k-mer = 5 + its digits in base 4 with A=0 T=1 C=2 G=3, [SEP]=3, [PAD]=0)."""
+    import torch
+    from transformers import BertModel
+
+    digit = {"A": 0, "T": 1, "C": 2, "G": 3}
+    rows = [[2] + [5 + sum(digit[c] * 4 ** (k - 1 - j) for j, c in enumerate(s[i : i + k]))
+                   for i in range(len(s) - k + 1)] + [3] for s in seqs]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    attn = (torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    model = BertModel.from_pretrained(model_dir, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=attn).last_hidden_state.double()
+    # float32, as embed returns them: sklearn fits float32 and float64 features along different paths
+    return ((hidden * attn[..., None]).sum(1) / attn.sum(1, keepdim=True)).numpy().astype(np.float32)
+
+
+def plain_bag(seqs: list[str], vocab: list[str], k: int = 6) -> np.ndarray:
+    """Each sequence's k-mer counts (one column per k-mer of ``vocab``), and its [CLS] and [SEP]: one each."""
+    col = {w: i for i, w in enumerate(vocab)}
+    out = np.zeros((len(seqs), len(vocab) + 2))
+    out[:, -2:] = 1
+    for r, s in enumerate(seqs):
+        for i in range(len(s) - k + 1):
+            out[r, col[s[i : i + k]]] += 1
+    return out
+
+
+def sklearn_mcc(train_x, train_y, x, y) -> float:
+    """The probe as its documentation defines it: standardized features, LogisticRegression, MCC of ``x``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import matthews_corrcoef
+    from sklearn.preprocessing import StandardScaler
+
+    scale = StandardScaler(with_mean=False).fit(train_x)
+    clf = LogisticRegression(max_iter=2000).fit(scale.transform(train_x), train_y)
+    return float(matthews_corrcoef(y, clf.predict(scale.transform(x))))
+
+
+def read_csv(path) -> tuple[list[str], np.ndarray]:
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    return [r[0] for r in rows], np.array([int(r[1]) for r in rows])
+
+
+def test_both_probes_score_the_test_rows_as_sklearn_fitted_here(tiny_checkpoint, tmp_path):
+    gue = synthetic_gue(tmp_path / "gue", n_train=120, n_test=80, motif="GATTACA")
+    r = probe(str(tiny_checkpoint), str(gue), "tf/0", str(tmp_path / "p.json"), window_bp=0, log=lambda _: None)
+    row = r["results"]["tf/0"]
+    (trs, try_), (tes, tey) = (read_csv(gue / "tf" / "0" / f"{split}.csv") for split in ("train", "test"))
+    # the features, checked against plain ones (a logistic fit on near-random features moves with their
+    # last float bits, so sklearn is then fitted on exactly the features the probe fits)
+    vocab = ["".join(p) for p in itertools.product("ATCG", repeat=6)]
+    features = {"model": (embed(str(tiny_checkpoint), trs), embed(str(tiny_checkpoint), tes)),
+                "kmer_bag": (kmer_bag(trs, 6), kmer_bag(tes, 6))}
+    np.testing.assert_allclose(features["model"][0], plain_embed(tiny_checkpoint, trs), rtol=0, atol=1e-5)
+    tok = KmerTokenizer(6)
+    columns = [tok.encode(w)[1] for w in vocab] + [2, 3]  # each k-mer's token id, then [CLS] and [SEP]
+    assert np.array_equal(features["kmer_bag"][1].toarray()[:, columns], plain_bag(tes, vocab))
+    for key, (train_x, test_x) in features.items():
+        held_out = sklearn_mcc(train_x, try_, test_x, tey)
+        assert row[key] == pytest.approx(held_out, abs=1e-5), key
+        # scored on its own training rows the probe would read differently: it scores the test rows
+        assert abs(sklearn_mcc(train_x, try_, train_x, try_) - held_out) > 0.05, key

@@ -2,12 +2,15 @@
 linear probe that judges finished trials (the sweeps through Ray Tune are in
 tests/integration/test_sweep.py)."""
 
+import numpy as np
 import pytest
 
 from conftest import REPO
 from randommask.errors import UserError
-from randommask.evaluation.probe import linear_probe
+from randommask.evaluation import gue
+from randommask.evaluation.probe import embed, linear_probe
 from randommask.sweep.driver import load_sweep, search_metric, trial_config
+from unit.test_probe import plain_embed, sklearn_mcc
 
 SWEEP = REPO / "jobs" / "configs" / "sweep-tiny.yaml"
 
@@ -48,4 +51,11 @@ def test_bad_sweep_configs(overrides, message):
 def test_linear_probe_on_frozen_embeddings(tiny_checkpoint, gue_dir):
     scores = linear_probe(str(tiny_checkpoint), str(gue_dir), ["prom/prom_core_tata"], max_train=300, max_eval=200)
     assert set(scores) == {"probe_prom/prom_core_tata", "probe_score"}
-    assert -1 <= scores["probe_score"] <= 1
+    # the same rows and embeddings (those checked against a plain transformers forward), fitted by sklearn here
+    (trs, try_), (tes, tey) = (gue.subsample(*gue.read_split(str(gue_dir), "prom/prom_core_tata", split), n, seed=0)
+                               for split, n in (("train", 300), ("test", 200)))
+    train_x, test_x = embed(str(tiny_checkpoint), trs), embed(str(tiny_checkpoint), tes)
+    np.testing.assert_allclose(test_x, plain_embed(tiny_checkpoint, tes), rtol=0, atol=1e-5)
+    held_out = sklearn_mcc(train_x, try_, test_x, tey)
+    assert scores["probe_prom/prom_core_tata"] == pytest.approx(held_out, abs=1e-5) == scores["probe_score"]
+    assert abs(sklearn_mcc(train_x, try_, train_x, try_) - held_out) > 0.05  # not its training rows' score
