@@ -66,3 +66,15 @@ def test_the_staged_configuration_names_every_module_and_only_unit_tests():
     table = mutmut_table()
     assert all(f'"randommask/{m}"' in table for m in MODULES)
     assert "tests/integration" not in table and '"tests/unit/test_counting.py"' in table
+
+
+def test_focus_patterns_select_the_number_functions_and_whole_modules():
+    from randommask.tools.mutants import patterns, selected
+
+    assert patterns(("data/counting.py",)) == ["randommask.data.counting.*"]
+    assert patterns(("inference/variants.py",)) == ["randommask.inference.variants.x_windows__mutmut_*",
+                                                    "randommask.inference.variants.xǁScorerǁ__call____mutmut_*"]
+    assert selected("randommask.inference.variants.xǁScorerǁ__call____mutmut_12", "inference/variants.py")
+    assert not selected("randommask.inference.variants.x_score_variants__mutmut_3", "inference/variants.py")
+    assert not selected("randommask.inference.variants.x_windows_of__mutmut_3", "inference/variants.py")
+    assert selected("randommask.data.counting.xǁBackoffTableǁ_count__mutmut_1", "data/counting.py")
