@@ -159,3 +159,76 @@ def test_single_nucleotide_tokens_score_the_cross_entropy_of_their_own_base():
     truth = labels[labels != -100] - NUM_SPECIAL
     want = -torch.log_softmax(logits[:, NUM_SPECIAL:], dim=1)[torch.arange(n), truth].sum()
     assert bases == n and loss == pytest.approx(float(want), rel=1e-6)  # float32 inside
+
+
+# ---- single windows by hand: which tokens show bases, which bases are scored ----------------------
+# Token ids are written here from the k-mer strings (ALPHABET "ATCG", most significant base first);
+# the selected token's logits give its k-mers the probabilities named in each test and every other
+# k-mer logit 8: far above them, so a k-mer the visible bases rule out, if counted, changes the loss.
+def kid(kmer: str) -> int:
+    return NUM_SPECIAL + sum("ATCG".index(c) * 4 ** (len(kmer) - 1 - i) for i, c in enumerate(kmer))
+
+
+def window(tokens: list[int], selected: set[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[CLS] tokens [SEP] as inputs and labels, the tokens at the ``selected`` indexes labelled."""
+    ids = torch.tensor([[2, *tokens, 3]])
+    labels = torch.full_like(ids, -100)
+    for i in selected:
+        labels[0, 1 + i] = ids[0, 1 + i]
+    return ids, labels
+
+
+def token_logits(k: int, probs: dict[str, float]) -> torch.Tensor:
+    row = torch.full((NUM_SPECIAL + 4**k,), 8.0, dtype=torch.float64)
+    for kmer, p in probs.items():
+        row[kid(kmer)] = math.log(p)
+    return row
+
+
+def test_all_mask_masks_the_selected_tokens_and_leaves_the_others_as_they_are():
+    inputs, labels = window([kid("AT"), kid("TC"), 1, kid("CA")], {1})
+    want = torch.tensor([[2, kid("AT"), MASK, 1, kid("CA"), 3]])
+    assert torch.equal(all_mask(inputs, labels), want)
+
+
+def test_an_unselected_all_a_kmer_shows_its_bases():
+    # "AAT", k = 2: AA (the first k-mer id, NUM_SPECIAL) shows bases 0 and 1; AT is masked and hides
+    # base 2 only, restricted to A? k-mers: P(T) = .4 / (.1 + .4 + .2 + .3)
+    inputs, labels = window([kid("AA"), kid("AT")], {1})
+    logits = token_logits(2, {"AA": 0.1, "AT": 0.4, "AC": 0.2, "AG": 0.3})[None]
+    loss, bases = per_base_sums(logits, all_mask(inputs, labels), labels, 2)
+    assert bases == 1 and loss == pytest.approx(-math.log(0.4), rel=1e-6)  # float32 inside
+
+
+def test_a_stride_above_one_places_each_kmer_at_its_own_bases():
+    # k = 3, stride 2, "ATCGTAC": ATC at bases 0-2, CGT at 2-4, TAC at 4-6. CGT masked hides base 3
+    # only (2 and 4 the neighbours show); restricted to C?T: P(G) = .4 / (.15 + .25 + .2 + .4)
+    inputs, labels = window([kid("ATC"), kid("CGT"), kid("TAC")], {1})
+    logits = token_logits(3, {"CAT": 0.15, "CTT": 0.25, "CCT": 0.2, "CGT": 0.4})[None]
+    loss, bases = per_base_sums(logits, all_mask(inputs, labels), labels, 3, stride=2)
+    assert bases == 1 and loss == pytest.approx(-math.log(0.4), rel=1e-6)  # float32 inside
+    # k = 3, stride 3, "ATCGTACGG": GTA masked hides bases 3, 4, 5, each read from GTA's token alone. Its
+    # logits are a product of per-offset tables, so each base's marginal is its table:
+    # -ln .5 (G first) - ln .1 (T second) - ln .7 (A third)
+    inputs, labels = window([kid("ATC"), kid("GTA"), kid("CGG")], {1})
+    tables = [dict(zip("ATCG", t)) for t in ((0.2, 0.1, 0.2, 0.5), (0.3, 0.1, 0.4, 0.2), (0.7, 0.1, 0.1, 0.1))]
+    logits = token_logits(3, {"".join(p): tables[0][p[0]] * tables[1][p[1]] * tables[2][p[2]]
+                              for p in itertools.product("ATCG", repeat=3)})[None]
+    loss, bases = per_base_sums(logits, all_mask(inputs, labels), labels, 3, stride=3)
+    assert bases == 3 and loss == pytest.approx(-math.log(0.5 * 0.1 * 0.7), rel=1e-6)  # float32 inside
+
+
+def test_bases_that_only_a_selected_unk_covers_are_not_scored():
+    # "ATCN", k = 2: AT shows bases 0-1; TC and the [UNK] k-mer CN are selected. Base 2 is scored from
+    # TC restricted to T?: P(C) = .3; base 3, covered by [UNK] alone, is not scored
+    inputs, labels = window([kid("AT"), kid("TC"), 1], {1, 2})
+    logits = torch.stack([token_logits(2, {"TA": 0.1, "TT": 0.2, "TC": 0.3, "TG": 0.4}), token_logits(2, {})])
+    loss, bases = per_base_sums(logits, all_mask(inputs, labels), labels, 2)
+    assert bases == 1 and loss == pytest.approx(-math.log(0.3), rel=1e-6)  # float32 inside
+
+
+def test_a_batch_with_nothing_to_score_sums_to_zero_over_zero_bases():
+    inputs, labels = window([kid("AT"), kid("TC")], set())
+    assert per_base_sums(torch.zeros(0, NUM_SPECIAL + 16), inputs, labels, 2) == (0.0, 0)
+    inputs, labels = window([kid("AT"), 1], {1})  # a selected [UNK] alone
+    assert per_base_sums(token_logits(2, {})[None], all_mask(inputs, labels), labels, 2) == (0.0, 0)

@@ -16,7 +16,7 @@ from randommask.evaluation import gue
 from randommask.finetune import aggregate, protocol, run_trial
 from randommask.finetune.progress import finished_line
 from randommask.finetune.results import markdown
-from randommask.finetune.search import choose, parse_rates
+from randommask.finetune.search import choose, parse_rates, search_seeds, trial_rates
 from randommask.finetune.trial import evaluate, trial_file
 
 RATES = (1e-4, 3e-4, 1e-3)
@@ -80,6 +80,7 @@ def test_results_report_the_test_score_of_the_selected_rate_only():
     assert row["score_mean"] == pytest.approx(0.12) and row["score_std"] == pytest.approx(0.0141421356)
     assert results["overall"] == pytest.approx(0.12)
     assert row["lr_search"]["selected"] == 1e-4 and row["lr_search"]["criterion"] == "dev_loss"
+    assert row["lr_search"]["lower_is_better"] is True
     assert [(r["lr"], r["dev_mean"]) for r in row["lr_search"]["rates"]] == [
         (1e-4, pytest.approx(0.65)), (3e-4, pytest.approx(0.70)), (1e-3, pytest.approx(0.66))]
     text = json.dumps(results)
@@ -92,6 +93,7 @@ def test_results_report_the_test_score_of_the_selected_rate_only():
     # the fast protocol's criterion picks 1e-3 from the same trials, and reports its test
     fast = aggregate(_trials(), None, "ckpt", {**run, "selection": protocol.SELECTION["fast"]})["datasets"][0]
     assert fast["lr_search"]["selected"] == 1e-3 and fast["per_seed"] == {0: 0.217, 1: 0.253}
+    assert fast["lr_search"]["criterion"] == "dev_mcc" and fast["lr_search"]["lower_is_better"] is False
     # no search: no lr_search key anywhere, every ok trial of the dataset counts (as before)
     plain = aggregate(_trials()[:2], None, "ckpt", {k: v for k, v in run.items() if k != "lr_search"})
     assert "lr_search" not in plain and "lr_search" not in plain["datasets"][0]
@@ -136,6 +138,22 @@ def test_bad_search_seeds_is_one_line_exit_2_before_any_work(capsys, tmp_path, a
                                          (" 1e-4 , 2e-5", (1e-4, 2e-5))])
 def test_lr_parses_one_rate_or_a_list(text, rates):
     assert parse_rates(text) == rates
+
+
+@pytest.mark.parametrize("lr, rates", [(None, (None,)), (3e-4, (3e-4,)), (2, (2.0,)), ([1e-4, 3e-4], (1e-4, 3e-4))])
+def test_trial_rates_take_one_number_or_a_list(lr, rates):
+    got = trial_rates(lr)
+    assert got == rates and all(r is None or type(r) is float for r in got)
+
+
+def test_search_seeds_accept_1_to_seeds_and_default_to_every_seed():
+    assert [search_seeds(n, 3, True) for n in (1, 2, 3)] == [1, 2, 3]
+    assert search_seeds(None, 3, True) == search_seeds(None, 3, False) == 3
+    for n in (0, 4):
+        with pytest.raises(UserError, match=rf"between 1 and --seeds \(3\), got {n}"):
+            search_seeds(n, 3, True)
+    with pytest.raises(UserError, match="needs an --lr search"):
+        search_seeds(1, 3, False)
 
 
 @pytest.mark.parametrize("text, message", [

@@ -117,6 +117,26 @@ def test_covering_tokens_combine_as_a_renormalised_geometric_mean_and_strands_as
     np.testing.assert_allclose(both, mean / mean.sum(), rtol=1e-12)
 
 
+
+def test_the_combination_rules_hold_row_by_row_on_a_batch_of_large_unequal_logits():
+    """Four rows, each its own base with its own probabilities, their log-probabilities shifted by
+    +-800 and +-50 (exp(800) overflows, exp(-800) underflows); a shift common to a row's candidates
+    leaves its answer unchanged. A rule normalized along the wrong axis, or without taking each row's
+    maximum out first, gives other numbers. Expected, row by row: the normalized sqrt of the product."""
+    from randommask.inference.centre import base_log_probs, combine_strands
+
+    first = np.array([[0.5, 0.2, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25], [0.1, 0.1, 0.4, 0.4], [0.05, 0.15, 0.3, 0.5]])
+    second = np.array([[0.1, 0.6, 0.2, 0.1], [0.7, 0.1, 0.1, 0.1], [0.3, 0.3, 0.2, 0.2], [0.6, 0.2, 0.1, 0.1]])
+    want = [np.log(g / g.sum()) for g in np.sqrt(first * second)]
+    shifts = np.array([(800.0, 800.0), (-800.0, -800.0), (50.0, -50.0), (0.0, 10.0)])  # (token 1, token 2) per row
+    cands = np.stack([np.log(first), np.log(second)], axis=1) + shifts[:, :, None]  # (4 rows, 2 tokens, 4)
+    np.testing.assert_allclose(base_log_probs(cands), want, rtol=1e-12)
+    # strands: the reverse one's row read over the forward bases is its (T, A, G, C) = columns (1, 0, 3, 2)
+    want = [np.log(g / g.sum()) for g in np.sqrt(first * second[:, [1, 0, 3, 2]])]
+    shifts = np.array([(1600.0, 0.0), (-1600.0, 0.0), (100.0, -20.0), (0.0, 0.0)])  # (forward, reverse) per row
+    got = combine_strands(np.log(first) + shifts[:, :1], np.log(second) + shifts[:, 1:])
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
 # ---- variant scores: the pipeline's task and actor against the plain implementation ------------------
 @pytest.fixture(scope="module")
 def genome(tmp_path_factory):
