@@ -50,16 +50,17 @@ def test_a_survivor_is_located_on_its_line_in_the_original_file():
     assert locate(SOURCE, "helper", _mutmut_diff(func, second[0] + "x = x - 1" + second[2])) == (6, "x = x + 1", "x = x - 1")
 
 
-def test_the_score_counts_timeouts_as_killed_and_untested_as_alive():
+def test_the_score_counts_timeouts_as_killed_untested_as_alive_and_leaves_out_what_was_not_run():
     ms = [Mutant("a", MODULES[0], "killed"), Mutant("b", MODULES[0], "timeout"),
           Mutant("c", MODULES[0], "survived", 7, "x < 1", "x <= 1"), Mutant("d", MODULES[0], "no tests", 9, "y", "z"),
-          Mutant("e", MODULES[1], "killed")]
+          Mutant("f", MODULES[0], "not checked", 11, "u", "v"), Mutant("e", MODULES[1], "killed")]
     text = markdown(ms, MODULES[:2])
-    assert f"| {MODULES[0]} | 4 | 1 | 1 | 1 | 1 | 50.0% |" in text
-    assert f"| {MODULES[1]} | 1 | 1 | 0 | 0 | 0 | 100.0% |" in text
-    assert "| **all** | 5 | 2 | 1 | 1 | 1 | 60.0% |" in text
+    # by hand: module 0 ran 4 of its 5 (f never ran), 2 caught: 50%; in all 3 caught of 5 run: 60%
+    assert f"| {MODULES[0]} | 5 | 1 | 1 | 1 | 1 | 1 | 50.0% |" in text
+    assert f"| {MODULES[1]} | 1 | 1 | 0 | 0 | 0 | 0 | 100.0% |" in text
+    assert "| **all** | 6 | 2 | 1 | 1 | 1 | 1 | 60.0% |" in text
     assert f"| {MODULES[0]}:7 | survived | `x < 1` | `x <= 1` | c |" in text
-    assert "Survivors (2):" in text
+    assert "Survivors (2):" in text and "| f |" not in text
 
 
 def test_the_staged_configuration_names_every_module_and_only_unit_tests():

@@ -79,6 +79,7 @@ NO_MUTATE = (r"raise UserError\(", r"warnings\.warn\(", r"\blog(ger)?\.(debug|in
 PACKAGE = "randommask"
 WORK = Path("build") / "mutants"
 DEAD = ("killed", "timeout", "caught by type check")  # mutmut's statuses of a mutant the tests caught
+NOT_RUN = "not checked"  # mutmut's status of a mutant a stopped run never reached
 
 
 @dataclass(frozen=True)
@@ -266,20 +267,22 @@ def _mutmut(work: Path):
 
 def markdown(mutants: list[Mutant], modules: tuple[str, ...] = MODULES, wall: str | None = None) -> str:
     """The score per module and the survivors, as the tables in docs/testing.md."""
-    rows = ["| module | mutants | killed | timeout | survived | no tests | score |", "|---|---:|---:|---:|---:|---:|---:|"]
-    total = {"n": 0, "k": 0, "t": 0, "s": 0, "u": 0}
+    rows = ["| module | mutants | killed | timeout | survived | no tests | not run | score |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    total = {"n": 0, "k": 0, "t": 0, "s": 0, "u": 0, "r": 0}
     for module in modules:
         ms = [m for m in mutants if m.module == module]
         n, t, u = len(ms), sum(m.status == "timeout" for m in ms), sum(m.status == "no tests" for m in ms)
+        r = sum(m.status == NOT_RUN for m in ms)  # a run stopped early: neither caught nor missed
         k = sum(m.status in DEAD for m in ms) - t
-        s = n - k - t - u
-        for key, v in zip("nktsu", (n, k, t, s, u)):
+        s = n - k - t - u - r
+        for key, v in zip("nktsur", (n, k, t, s, u, r)):
             total[key] += v
-        rows.append(f"| {module} | {n} | {k} | {t} | {s} | {u} | {_score(k + t, n)} |")
+        rows.append(f"| {module} | {n} | {k} | {t} | {s} | {u} | {r} | {_score(k + t, n - r)} |")
     rows.append(f"| **all** | {total['n']} | {total['k']} | {total['t']} | {total['s']} | {total['u']} | "
-                f"{_score(total['k'] + total['t'], total['n'])} |")
-    live = [m for m in mutants if m.status not in DEAD]
-    out = ["Score = (killed + timed out) / mutants." + (f" Wall time: {wall}." if wall else ""), "", *rows, "",
+                f"{total['r']} | {_score(total['k'] + total['t'], total['n'] - total['r'])} |")
+    live = [m for m in mutants if m.status not in DEAD and m.status != NOT_RUN]
+    out = ["Score = (killed + timed out) / mutants run (a stopped run leaves some not run)." + (f" Wall time: {wall}." if wall else ""), "", *rows, "",
            f"Survivors ({len(live)}):", "", "| where | status | before | after | mutant |", "|---|---|---|---|---|"]
     for m in live:
         where = f"{m.module}:{m.line}" if m.line else m.module
