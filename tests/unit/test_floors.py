@@ -162,3 +162,32 @@ def test_the_floors_of_a_prepared_dataset_count_its_training_bases_only(tmp_path
     assert abs(floors["overlap_per_base"] - plain_overlap(leaked, 3)) > 1e-3
     for m in BASE_TABLE_FLANKS:
         assert abs(floors["base_table"][str(m)] - plain_base_table_loss(leaked, held, m)) > 1e-3
+
+
+def test_the_lines_a_plot_or_card_draws_are_the_references_by_hand():
+    """The (value, label) lines users read beside a loss: chance, each evaluation set's lowest
+    geometry-matched table (a missing m skipped), the plain table only when no geometry table exists,
+    and the [MASK]-input references that exist (values typed here, unequal so a mix-up shows)."""
+    from randommask.data.floors import base_lines, best_counting, best_table, floor_lines
+
+    floors = {"k": 6, "context_free": 8.17, "eval_span_k_overlap": 1.31, "overlap_only_span_k": 8.3,
+              "eval_span_2k_overlap": None, "overlap_only_span_2k": 9.7,
+              "base_table": {"1": 1.37, "3": 1.30, "5": 1.33},
+              "base_table_span_k": {"1": 1.36, "4": 1.29, "8": 1.291, "9": None},
+              "base_table_span_2k": {"1": 1.38, "2": 1.35, "6": 1.352}}
+    assert best_counting(floors, "span_k") == ("4", 1.29) and best_counting(floors, "span_2k") == ("2", 1.35)
+    assert best_counting(floors, "span_3k") is None and best_counting(None, "span_k") is None
+    assert best_table(floors) == ("3", 1.30) and best_table({"base_table": {"2": None}}) is None
+    assert base_lines(floors) == [(1.3863, "chance (ln 4)"), (1.29, "best counting, span-k geometry (m=4)"),
+                                  (1.35, "best counting, span-2k geometry (m=2)")]
+    old = {"base_table": floors["base_table"]}  # floors written before the geometry tables
+    assert base_lines(old) == [(1.3863, "chance (ln 4)"),
+                               (1.30, "plain count table (m=3; sees bases the model does not)")]
+    assert base_lines({}) == [(1.3863, "chance (ln 4)")]
+    assert floor_lines(floors, "span_k") == [
+        (8.17, "context-free floor (6-mer frequencies)"), (1.31, "span-k overlap reference (approx.)"),
+        (8.3, "span-k overlap only (reads every visible base, knows no DNA)")]
+    assert floor_lines(floors, "span_2k") == [
+        (8.17, "context-free floor (6-mer frequencies)"),
+        (9.7, "span-2k overlap only (reads every visible base, knows no DNA)")]
+    assert floor_lines(None) == [] and floor_lines({}) == []

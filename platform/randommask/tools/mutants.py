@@ -69,6 +69,7 @@ TESTS = (
     "test_alleles.py",
     "test_inference.py",
     "test_probe.py",
+    "test_sweep.py",
     "test_finetune.py",
     "test_finetune_search.py",
 )
