@@ -25,6 +25,9 @@ def read_json(kind: str, key: str) -> Any | None:
         return None
 
 
+_WARNED: set[Path] = set()  # folders already reported unwritable in this process
+
+
 def write_json(kind: str, key: str, value: Any) -> None:
     """Cache a JSON value; a cache that cannot be written is warned about and skipped (it only saves time)."""
     folder = cache_dir(kind)
@@ -34,6 +37,9 @@ def write_json(kind: str, key: str, value: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(value, f)
         os.replace(tmp, folder / f"{key}.json")
-    except OSError as e:  # only time is lost: say so once and go on
+    except OSError as e:  # only time is lost: say so once per folder and go on
+        if folder in _WARNED:
+            return
+        _WARNED.add(folder)
         print(f"warning  node cache {folder} not writable ({e.strerror}); set RANDOMMASK_CACHE to a writable "
               "folder to keep such results between runs", file=sys.stderr)

@@ -125,8 +125,9 @@ def finetune(checkpoint: str, gue_dir: str, tasks: str, out: str, seeds: int = 3
         lost = [n for n, r in chosen.items() if r is None]
         if lost:
             log(f"no rate finished on every search seed for {', '.join(lost)}: its other seed(s) are not run")
-        log(f"rate chosen on dev with {n_search} seed(s): "
-            + ", ".join(f"{n} {r:g}" for n, r in chosen.items() if r is not None))
+        if len(lost) < len(chosen):
+            log(f"rate chosen on dev with {n_search} seed(s): "
+                + ", ".join(f"{n} {r:g}" for n, r in chosen.items() if r is not None))
         trials += run_round([TrialKey(n, r, s) for n, r in chosen.items() if r is not None
                              for s in range(n_search, seeds)],
                             f"the other {seeds - n_search} seed(s) at each dataset's chosen rate")
