@@ -8,7 +8,7 @@
 #   k6-randommask  6-mers, RandomMask, its five phases spread evenly over the run;
 # and, per seed and k, the untrained control (control_init.py). For each final and control: zero-shot
 # on the corpus's validation split (finals), the linear probe beside the bag of k-mers, and fine-tuning
-# with the learning rate chosen on dev from $LRS over $FT_SEEDS fine-tuning seeds.
+# with the learning rate chosen on dev from $LRS on $SEARCH_SEEDS fine-tuning seed(s), then $FT_SEEDS seeds in all at that rate.
 #
 # Resumable in pieces: rerun it and it goes on where it stopped (a pretraining from its last checkpoint;
 # finished runs, probes and fine-tuning trials are kept). Results go to $KEEP as they come, with
