@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from difflib import unified_diff
 
-from randommask.tools.mutants import MODULES, Mutant, function_of, locate, markdown, mutmut_table
+from randommask.tools.mutants import MODULES, mutmut_table
+from randommask.tools.mutants_report import Explanation, Mutant, explain, function_of, locate, markdown, unused
 
 SOURCE = '''"""A module."""
 
@@ -56,11 +57,11 @@ def test_the_score_counts_timeouts_as_killed_untested_as_alive_and_leaves_out_wh
           Mutant("f", MODULES[0], "not checked", 11, "u", "v"), Mutant("e", MODULES[1], "killed")]
     text = markdown(ms, MODULES[:2])
     # by hand: module 0 ran 4 of its 5 (f never ran), 2 caught: 50%; in all 3 caught of 5 run: 60%
-    assert f"| {MODULES[0]} | 5 | 1 | 1 | 1 | 1 | 1 | 50.0% |" in text
-    assert f"| {MODULES[1]} | 1 | 1 | 0 | 0 | 0 | 0 | 100.0% |" in text
-    assert "| **all** | 6 | 2 | 1 | 1 | 1 | 1 | 60.0% |" in text
-    assert f"| {MODULES[0]}:7 | survived | `x < 1` | `x <= 1` | c |" in text
-    assert "Survivors (2):" in text and "| f |" not in text
+    assert f"| {MODULES[0]} | 5 | 1 | 1 | 1 | 1 | 1 | 50.0% | 0 of 2 |" in text
+    assert f"| {MODULES[1]} | 1 | 1 | 0 | 0 | 0 | 0 | 100.0% | 0 of 0 |" in text
+    assert "| **all** | 6 | 2 | 1 | 1 | 1 | 1 | 60.0% | 0 of 2 |" in text
+    assert f"| {MODULES[0]}:7 | survived | `x < 1` | `x <= 1` | c | **unexplained** |" in text
+    assert "Survivors (2; unexplained: 2):" in text and "| f |" not in text
 
 
 def test_the_staged_configuration_names_every_module_and_only_unit_tests():
@@ -79,3 +80,44 @@ def test_focus_patterns_select_the_number_functions_and_whole_modules():
     assert not selected("randommask.inference.variants.x_score_variants__mutmut_3", "inference/variants.py")
     assert not selected("randommask.inference.variants.x_windows_of__mutmut_3", "inference/variants.py")
     assert selected("randommask.data.counting.xǁBackoffTableǁ_count__mutmut_1", "data/counting.py")
+
+
+def test_an_explanation_covers_survivors_by_module_function_and_text_and_the_unexplained_come_first():
+    m = "data/counting.py"
+    ms = [Mutant("randommask.data.counting.x__pack__mutmut_1", m, "survived", 3, "a = np.zeros(n, dtype=np.int64)", "a = np.zeros(n, dtype=None)"),
+          Mutant("randommask.data.counting.x_other__mutmut_1", m, "survived", 5, "b = np.zeros(n, dtype=np.int64)", "b = np.zeros(n, dtype=None)"),
+          Mutant("randommask.data.counting.x__pack__mutmut_2", m, "no tests", 4, "if by > 0:", "if by >= 0:"),
+          Mutant("randommask.data.counting.x__pack__mutmut_3", m, "killed")]
+    entries = [Explanation(m, "dtype=np.int64", "int64 is numpy's default here", function="_pack", after="dtype=None"),
+               Explanation("*", "never matches", "stale"), Explanation("inference/embed.py", "x", "not run here")]
+    out = explain(ms, entries)
+    assert [x.why for x in out] == ["int64 is numpy's default here", "", "", ""]  # the function narrows it
+    assert unused(out, entries, (m,)) == [entries[1]]  # embed.py did not run: its entry is not stale here
+    text = markdown(out, (m,), stale=unused(out, entries, (m,)))
+    assert f"| {m} | 4 | 1 | 0 | 2 | 1 | 0 | 25.0% | 1 of 3 |" in text
+    rows = [r for r in text.splitlines() if r.startswith(f"| {m}:")]
+    assert [r.split(" | ")[0] for r in rows] == [f"| {m}:5", f"| {m}:4", f"| {m}:3"]  # unexplained first
+    assert "Survivors (3; unexplained: 2):" in text and "cover no survivor of this run (1;" in text
+
+
+def test_a_survivors_rerun_is_refused_once_the_source_changed(tmp_path):
+    import json
+
+    import pytest
+
+    from randommask.errors import UserError
+    from randommask.tools.mutants import LAST, fingerprint, last_survivors
+
+    pkg = tmp_path / "platform" / "randommask" / "data"
+    pkg.mkdir(parents=True)
+    (pkg / "counting.py").write_text("x = 1\n")
+    status = {"randommask.data.counting.x_f__mutmut_1": "survived", "randommask.data.counting.x_f__mutmut_2": "killed",
+              "randommask.data.floors.x_g__mutmut_1": "survived"}
+    (tmp_path / LAST).parent.mkdir()
+    (tmp_path / LAST).write_text(json.dumps({"modules": {"data/counting.py": fingerprint(tmp_path / "platform" / "randommask",
+                                                                                          "data/counting.py")}, "status": status}))
+    names, previous = last_survivors(tmp_path, ("data/counting.py",))
+    assert names == ["randommask.data.counting.x_f__mutmut_1"] and previous == status
+    (pkg / "counting.py").write_text("x = 2\n")
+    with pytest.raises(UserError, match="has changed since its last run"):
+        last_survivors(tmp_path, ("data/counting.py",))

@@ -13,25 +13,26 @@ git-ignored, rebuilt on every run) holding copies of ``platform/randommask`` and
 project's pyproject.toml with a ``[tool.mutmut]`` table added, and a link to ``../shared`` (the real
 data, which ``tests/conftest.py`` finds beside the repository). Nothing is written in ``platform/``.
 
-This module imports mutmut only to read a finished run's diffs, inside ``report``.
+``--survivors`` runs again only the last run's survivors of the modules named (after new tests: minutes,
+not the half hour); the rest keep their last status. The report (``mutants_report``) marks each
+survivor with its explanation from ``tests/mutants-explained.toml``, or as unexplained.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import fnmatch
+import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from randommask.errors import UserError
+from randommask.tools.mutants_report import DEAD, EXPLAINED, PACKAGE, collect, explain, explanations, markdown, unused
 
 # The modules that compute the numbers: counting tables and floors, the per-base loss and zero-shot
 # scores, variant scoring, pooling, the probe, and the fine-tuning selection.
@@ -77,23 +78,8 @@ TESTS = (
 # log line. A test pins what a user reads where it matters; mutating the wording only adds noise.
 NO_MUTATE = (r"raise UserError\(", r"warnings\.warn\(", r"\blog(ger)?\.(debug|info|warning|error)\(")
 
-PACKAGE = "randommask"
 WORK = Path("build") / "mutants"
-DEAD = ("killed", "timeout", "caught by type check")  # mutmut's statuses of a mutant the tests caught
-NOT_RUN = "not checked"  # mutmut's status of a mutant a stopped run never reached
-
-
-@dataclass(frozen=True)
-class Mutant:
-    """One mutant of a finished run: ``name`` as mutmut knows it, ``module`` (e.g. data/counting.py),
-    its ``status``, and where it is (``line`` in the original file) and what it changed."""
-
-    name: str
-    module: str
-    status: str
-    line: int | None = None
-    before: str = ""
-    after: str = ""
+LAST = Path("build") / "mutants-last.json"  # outside WORK (rebuilt each run): every mutant's last status
 
 
 def mutmut_table(modules: tuple[str, ...] = MODULES, tests_dir: str = "tests/unit") -> str:
@@ -154,7 +140,38 @@ def selected(name: str, module: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pat) for pat in patterns((module,)))
 
 
-def run_mutmut(work: Path, max_children: int, modules: tuple[str, ...] = MODULES) -> int:
+def fingerprint(package: Path, module: str) -> str:
+    """A module's source under ``package`` (a survivors-only rerun needs the names of the last run's
+    mutants to mean the same changes: the staged copy that ran against the source now)."""
+    return hashlib.sha256((package / module).read_bytes()).hexdigest()[:16]
+
+
+def last_survivors(repo: Path, modules: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """The last run's live mutants of ``modules`` and every mutant's last status; refused where a module
+    was never run whole or has changed since."""
+    path = repo / LAST
+    last = json.loads(path.read_text()) if path.exists() else {"modules": {}, "status": {}}
+    for module in modules:
+        if last["modules"].get(module) != fingerprint(repo / "platform" / PACKAGE, module):
+            raise UserError(f"--survivors: {module} has changed since its last run (or never ran); "
+                            f"run it whole: make mutants MUTANTS_ARGS=\"--only {module}\"")
+    status = last["status"]
+    names = [n for n, s in status.items() if s not in DEAD and any(selected(n, m) for m in modules)]
+    return names, status
+
+
+def remember(repo: Path, work: Path, modules: tuple[str, ...], mutants: list) -> None:
+    """Every mutant's status after the run staged in ``work``, with the fingerprint of each module's source
+    as it ran."""
+    path = repo / LAST
+    last = json.loads(path.read_text()) if path.exists() else {"modules": {}, "status": {}}
+    last["status"].update({m.name: m.status for m in mutants})
+    last["modules"].update({module: fingerprint(work / PACKAGE, module) for module in modules})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(last, indent=0, sort_keys=True))
+
+
+def run_mutmut(work: Path, max_children: int, names: list[str]) -> int:
     """``mutmut run`` in ``work``. PYTHONPATH names the mutated copy first, so that a test's subprocess
     (``python -m randommask``) imports it too, and never the original sources."""
     (work / "mutants").mkdir(exist_ok=True)
@@ -162,7 +179,7 @@ def run_mutmut(work: Path, max_children: int, modules: tuple[str, ...] = MODULES
     kept = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x and Path(x).resolve() != original]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str((work / "mutants").resolve()), *kept]),
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # one thread a mutant, --max-children of them at once
-    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *patterns(modules)]
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names]
     # mutmut's progress goes to the terminal; given names, it then lists every mutant's result, one line
     # each (thousands): that list goes only to the log, the report below says the same per module.
     with subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc, \
@@ -180,125 +197,6 @@ def run_mutmut(work: Path, max_children: int, modules: tuple[str, ...] = MODULES
     return proc.returncode
 
 
-def _function_start(tree: ast.Module, name: str) -> int | None:
-    """The first line (decorators included) of function ``name`` ("f" or "Class.f") in ``tree``."""
-    cls, _, func = name.rpartition(".")
-    for node in ast.walk(tree):
-        if cls and isinstance(node, ast.ClassDef) and node.name == cls:
-            for item in node.body:
-                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.name == func:
-                    return min([item.lineno] + [d.lineno for d in item.decorator_list])
-        elif not cls and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == func:
-            return min([node.lineno] + [d.lineno for d in node.decorator_list])
-    return None
-
-
-def function_of(mutant_name: str) -> str:
-    """The original function of a mutmut mutant name: "f" or "Class.f"
-    (``randommask.m.x_f__mutmut_3``, ``randommask.m.xǁClassǁf__mutmut_3``)."""
-    mangled = mutant_name.rpartition(".")[2].partition("__mutmut_")[0]
-    if mangled.startswith("xǁ"):
-        _, cls, func = mangled.split("ǁ")
-        return f"{cls}.{func}"
-    return mangled[2:]
-
-
-def locate(source: str, function: str, diff: str) -> tuple[int | None, str, str]:
-    """(line in ``source``, the line before, the line after) of a one-function unified ``diff`` (mutmut's,
-    which starts at the function's first line). Where the offset does not land on the removed text, the
-    text is searched for from the function's start."""
-    lines = source.splitlines()
-    start = _function_start(ast.parse(source), function)
-    removed = [x[1:] for x in diff.splitlines() if x.startswith("-") and not x.startswith("---")]
-    added = [x[1:] for x in diff.splitlines() if x.startswith("+") and not x.startswith("+++")]
-    before, after = (removed[0].strip() if removed else ""), (added[0].strip() if added else "")
-    if start is None or not removed:
-        return None, before, after
-    hunk = re.search(r"^@@ -(\d+)", diff, re.M)
-    offset = 0
-    if hunk:  # the hunk's first line, then the context lines before the first removed one
-        body = diff[hunk.end():].split("\n")[1:]
-        first = next(i for i, x in enumerate(body) if x.startswith("-"))
-        offset = int(hunk.group(1)) - 1 + sum(1 for x in body[:first] if not x.startswith("+"))
-    guess = start + offset
-    if 0 < guess <= len(lines) and lines[guess - 1].strip() == removed[0].strip():
-        return guess, before, after
-    for i in range(start - 1, len(lines)):
-        if lines[i].strip() == removed[0].strip():
-            return i + 1, before, after
-    return None, before, after
-
-
-def collect(work: Path, modules: tuple[str, ...] = MODULES) -> list[Mutant]:
-    """Every mutant of the last run in ``work``, with where it is and what it changed unless killed."""
-    out: list[Mutant] = []
-    status_of, diff_of = _mutmut(work)
-    for module in modules:
-        meta = work / "mutants" / PACKAGE / (module + ".meta")
-        if not meta.exists():
-            raise UserError(f"{meta}: no results; run `make mutants` first")
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
-        source = (work / PACKAGE / module).read_text()
-        for name, code in sorted(codes.items(), key=lambda kv: _natural(kv[0])):
-            if not selected(name, module):
-                continue
-            status = status_of[code]
-            if status in DEAD:
-                out.append(Mutant(name, module, status))
-                continue
-            line, before, after = locate(source, function_of(name), diff_of(name, PACKAGE + "/" + module))
-            out.append(Mutant(name, module, status, line, before, after))
-    return out
-
-
-def _natural(name: str) -> tuple[str, int]:
-    stem, _, n = name.rpartition("__mutmut_")
-    return stem, int(n) if n.isdigit() else 0
-
-
-def _mutmut(work: Path):
-    """mutmut's own names of its exit codes, and its diff of one mutant against its function (read from
-    the run's files in ``work``)."""
-    os.chdir(work)  # mutmut reads its configuration and files relative to the working directory
-    from mutmut.mutation.diff_apply import get_diff_for_mutant
-    from mutmut.stats import status_by_exit_code
-
-    return status_by_exit_code, lambda name, path: get_diff_for_mutant(name, path=path)
-
-
-def markdown(mutants: list[Mutant], modules: tuple[str, ...] = MODULES, wall: str | None = None) -> str:
-    """The score per module and the survivors, as the tables in docs/testing.md."""
-    rows = ["| module | mutants | killed | timeout | survived | no tests | not run | score |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    total = {"n": 0, "k": 0, "t": 0, "s": 0, "u": 0, "r": 0}
-    for module in modules:
-        ms = [m for m in mutants if m.module == module]
-        n, t, u = len(ms), sum(m.status == "timeout" for m in ms), sum(m.status == "no tests" for m in ms)
-        r = sum(m.status == NOT_RUN for m in ms)  # a run stopped early: neither caught nor missed
-        k = sum(m.status in DEAD for m in ms) - t
-        s = n - k - t - u - r
-        for key, v in zip("nktsur", (n, k, t, s, u, r)):
-            total[key] += v
-        rows.append(f"| {module} | {n} | {k} | {t} | {s} | {u} | {r} | {_score(k + t, n - r)} |")
-    rows.append(f"| **all** | {total['n']} | {total['k']} | {total['t']} | {total['s']} | {total['u']} | "
-                f"{total['r']} | {_score(total['k'] + total['t'], total['n'] - total['r'])} |")
-    live = [m for m in mutants if m.status not in DEAD and m.status != NOT_RUN]
-    out = ["Score = (killed + timed out) / mutants run (a stopped run leaves some not run)." + (f" Wall time: {wall}." if wall else ""), "", *rows, "",
-           f"Survivors ({len(live)}):", "", "| where | status | before | after | mutant |", "|---|---|---|---|---|"]
-    for m in live:
-        where = f"{m.module}:{m.line}" if m.line else m.module
-        out.append(f"| {where} | {m.status} | `{_cell(m.before)}` | `{_cell(m.after)}` | {m.name.rpartition('.')[2]} |")
-    return "\n".join(out) + "\n"
-
-
-def _score(killed: int, n: int) -> str:
-    return f"{100 * killed / n:.1f}%" if n else "-"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("`", "'")[:90]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="randommask.tools.mutants", description=__doc__.split("\n\n")[0])
     p.add_argument("command", nargs="?", default="run", choices=("run", "report"),
@@ -308,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="mutants tested at once (default: the number of CPUs, here %(default)s)")
     p.add_argument("--markdown", type=Path, default=None,
                    help="also write the report to this file (default: only build/mutants/report.md)")
+    p.add_argument("--survivors", action="store_true",
+                   help="run only the last run's survivors of these modules, the rest keeping their status "
+                        "(after adding tests; refused where a module's source changed since; default: every mutant)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 if any survivor is unexplained (default: report it and exit 0)")
     p.add_argument("--only", action="append", default=None, metavar="MODULE",
                    help="mutate only this module (repeatable; e.g. data/counting.py; default: all of " + ", ".join(MODULES) + ")")
     args = p.parse_args(argv)
@@ -320,21 +223,33 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--repo {args.repo}: no platform/{PACKAGE} there; run from the repository's root")
     work = repo / WORK
     wall = None
+    previous = None
     if args.command == "run":
         started = time.monotonic()
+        names = patterns(modules)
+        if args.survivors:
+            names, previous = last_survivors(repo, modules)
+            print(f"--survivors: {len(names)} mutant(s) of the last run", flush=True)
+            if not names:
+                print("nothing to run: the last run left no survivor in " + ", ".join(modules))
+                return 0
         stage(repo, work, modules)
-        code = run_mutmut(work, args.max_children, modules)
+        code = run_mutmut(work, args.max_children, names)
         secs = time.monotonic() - started
         wall = f"{int(secs // 60)}m{int(secs % 60):02d}s ({args.max_children} at once)"
         if code != 0:
             print(f"mutmut run exited with {code} after {wall}", file=sys.stderr)
             return code
-    report = markdown(collect(work, modules), modules, wall)
+    entries = explanations(repo / EXPLAINED)
+    mutants = explain(collect(work, modules, selected, previous), entries)
+    remember(repo, work, modules, mutants)
+    report = markdown(mutants, modules, wall, unused(mutants, entries, modules))
     (work / "report.md").write_text(report)
     if out:
         out.write_text(report)
     print(report)
-    return 0
+    bare = sum(m.alive and not m.why for m in mutants)
+    return 1 if args.strict and bare else 0
 
 
 if __name__ == "__main__":
