@@ -12,10 +12,11 @@ import ast
 import json
 import os
 import re
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
+
+import tomllib
 
 from randommask.errors import UserError
 
