@@ -31,11 +31,16 @@ def ray_head(tmp_path, s3):
         head.stop()
 
 
-def test_job_submit_pretrains_from_s3_with_metrics_and_token_auth(ray_head, s3, ray_local, ecoli, tmp_path):
-    s3.bucket("genomes")
+@pytest.fixture(scope="module")
+def ecoli_on_s3(s3, ray_local, ecoli) -> str:
+    """E. coli prepared S3 -> S3 once for this module's jobs (each writes its own run; they only read it)."""
     s3.bucket("runs")
     (s3.bucket("genomes") / ecoli.name).write_bytes(ecoli.read_bytes())
-    prepare([f"s3://genomes/{ecoli.name}"], "s3://genomes/prepared-e2e", show_progress=False)
+    prepare([f"s3://genomes/{ecoli.name}"], "s3://genomes/prepared-jobs", show_progress=False)
+    return "s3://genomes/prepared-jobs"
+
+
+def test_job_submit_pretrains_from_s3_with_metrics_and_token_auth(ray_head, s3, ecoli_on_s3, tmp_path):
     env = ray_head["env"]
 
     # Without the token, the job server refuses.
@@ -46,7 +51,7 @@ def test_job_submit_pretrains_from_s3_with_metrics_and_token_auth(ray_head, s3, 
     cmd = [BIN / "ray", "job", "submit", "--address", ray_head["address"], "--working-dir", str(REPO),
            "--runtime-env", str(REPO / "jobs" / "runtime_env.yaml"), "--submission-id", "e2e", "--",
            "python", "jobs/pretrain.py", "--config", "jobs/configs/pretrain-tiny.yaml",
-           "--set", "data.prepared=s3://genomes/prepared-e2e", "--set", "run.storage_path=s3://runs/pretrain",
+           "--set", f"data.prepared={ecoli_on_s3}", "--set", "run.storage_path=s3://runs/pretrain",
            "--set", "run.name=e2e", "--set", "optim.max_steps=120",
            "--set", "masking.phase_ends=[20,40,60,80,100]", "--set", f"observability.prometheus_port={prom_port}"]
     job = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -97,15 +102,12 @@ def test_job_submit_pretrains_from_s3_with_metrics_and_token_auth(ray_head, s3, 
     assert secret not in output
 
 
-def test_a_retried_job_on_a_new_head_resumes_from_the_checkpoint_on_s3(s3, ray_local, ecoli, tmp_path):
+def test_a_retried_job_on_a_new_head_resumes_from_the_checkpoint_on_s3(s3, ecoli_on_s3, tmp_path):
     """What KubeRay does when a RayJob's head pod is lost: the cluster is gone, a retry brings up a
     new one and submits the same entrypoint again. The new driver must continue from the run's
     latest checkpoint on S3, not start over (kuberay#2155)."""
-    s3.bucket("runs")
-    (s3.bucket("genomes") / ecoli.name).write_bytes(ecoli.read_bytes())
-    prepare([f"s3://genomes/{ecoli.name}"], "s3://genomes/prepared-retry", show_progress=False)
     entrypoint = ["python", "jobs/pretrain.py", "--config", "jobs/configs/pretrain-tiny.yaml",
-                  "--set", "data.prepared=s3://genomes/prepared-retry", "--set", "run.storage_path=s3://runs/k8s",
+                  "--set", f"data.prepared={ecoli_on_s3}", "--set", "run.storage_path=s3://runs/k8s",
                   "--set", "run.name=retry", "--set", "optim.max_steps=80", "--set", "run.checkpoint_every=20",
                   "--set", "run.log_every=5", "--set", "masking.phase_ends=[16,32,48,64,80]"]
 
