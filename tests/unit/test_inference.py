@@ -139,3 +139,38 @@ def test_every_alt_of_a_vcf_is_a_row_and_a_bad_vcf_is_one_line(tmp_path):
     (tmp_path / "five.vcf").write_text("#CHROM\tPOS\tID\tREF\tALT\nc\t5\ta\tA\tG\n")  # no ##fileformat
     with pytest.raises(UserError, match="five.vcf: not a readable VCF .* #CHROM POS ID REF ALT QUAL FILTER INFO"):
         read_vcf(str(tmp_path / "five.vcf"))
+
+
+# ---- the test models cached across processes (conftest.cached_model_dir) ------------------------------
+def test_a_cached_model_folder_is_built_once_and_never_used_partial_edited_or_for_another_recipe(tmp_path):
+    import json
+
+    from conftest import MODEL_MANIFEST, cached_model_dir
+
+    built = []
+
+    def recipe(d):
+        built.append(d)
+        (d / "weights.bin").write_bytes(b"\x01\x02\x03")
+        (d / "config.json").write_text("{}")
+
+    def other_recipe(d):
+        (d / "weights.bin").write_bytes(b"\x09")
+
+    inputs = ("training/model.py",)
+    first = cached_model_dir(recipe, inputs, root=tmp_path)
+    assert cached_model_dir(recipe, inputs, root=tmp_path) == first and len(built) == 1  # reused, not rebuilt
+    assert json.loads((first / MODEL_MANIFEST).read_text()).keys() == {"weights.bin", "config.json"}
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary folder left behind
+    other = cached_model_dir(other_recipe, inputs, root=tmp_path)
+    assert other != first and (other / "weights.bin").read_bytes() == b"\x09"  # another recipe: another key
+    assert cached_model_dir(recipe, ("data/tokenizer.py",), root=tmp_path) != first  # other package files too
+    (first / "weights.bin").write_bytes(b"\x00")  # edited in place: rebuilt
+    assert cached_model_dir(recipe, inputs, root=tmp_path) == first and len(built) == 3
+    assert (first / "weights.bin").read_bytes() == b"\x01\x02\x03"
+    (first / MODEL_MANIFEST).unlink()  # a folder without its manifest (a build cut short): rebuilt
+    assert cached_model_dir(recipe, inputs, root=tmp_path) == first and len(built) == 4
+    (first / "extra.bin").write_bytes(b"")  # a file the manifest does not name: rebuilt
+    cached_model_dir(recipe, inputs, root=tmp_path)
+    assert len(built) == 5 and not (first / "extra.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
