@@ -209,7 +209,7 @@ def test_the_variant_task_refuses_each_unscorable_allele_with_its_reason(tmp_pat
             allele("1", 25, ".", seq[24], flip[seq[24]]),  # the N is 5 bases away, inside a covering 6-mer
             allele("1", 15, ".", "A", "AC")]  # refused when read
     opened = spying_open_fasta(monkeypatch)
-    out = windows(allele_columns(rows), str(fasta), 6, 1, 15, "both", storage_options={"anon": True})
+    out = windows(allele_columns(rows), str(fasta), 6, 1, 15, storage_options={"anon": True})  # both strands
     assert opened == [{"anon": True}] and capsys.readouterr().out == ""
     assert list(out["error"]) == [
         "", "", "contig: chrX is not in the FASTA", "position: 41 is past the end of 1 (40 bp)",
