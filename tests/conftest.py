@@ -10,11 +10,13 @@ tiers are packages (``__init__.py``) so that a file may have the same name in bo
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -162,24 +164,89 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
-def sharp_checkpoint(tmp_path_factory) -> Path:
-    """A tiny model (seed 1) whose output layer is scaled up 40 times: its predictions are far from
-    uniform, so the covering tokens and the two strands visibly disagree and every way of combining
-    them gives a different number. Read only."""
+def _build_sharp(d: Path) -> None:
+    """The sharp model's recipe (``sharp_checkpoint``); its source enters the cache key."""
     import torch
 
     from randommask.data.tokenizer import KmerTokenizer
     from randommask.training.model import build_mlm
 
-    d = tmp_path_factory.mktemp("sharp") / "final"
     torch.manual_seed(1)
     mlm = build_mlm("tiny", 6)
     with torch.no_grad():
         mlm.cls.predictions.decoder.weight.mul_(40)
     mlm.save_pretrained(d)
     KmerTokenizer(6).save_pretrained(d)
-    return d
+
+
+MODEL_MANIFEST = "randommask-test-manifest.json"  # written last: a folder without a matching one is not used
+
+
+def _files_digest(d: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.iterdir()) if p.is_file() and p.name != MODEL_MANIFEST}
+
+
+def _complete(d: Path) -> bool:
+    """Every file the manifest names is there with its bytes, and nothing else: not partial, not edited."""
+    try:
+        return json.loads((d / MODEL_MANIFEST).read_text()) == _files_digest(d)
+    except (OSError, ValueError):
+        return False
+
+
+def cached_model_dir(build: Callable[[Path], None], inputs: tuple[str, ...], root: Path | None = None) -> Path:
+    """The folder ``build`` fills, built once per machine and reused by later processes (mutmut runs
+    every mutant in a fresh one): under the system temporary folder, named by a hash of ``build``'s
+    source, of the package files it reads (``inputs``, relative to the package) and of the versions of
+    torch, transformers and safetensors, so a change to any of them builds a new one. It is built in a
+    temporary sibling, a manifest of its files' sha256 written last, and renamed into place; a folder
+    whose files do not match its manifest (partial, edited) is moved aside and built again."""
+    import importlib.metadata
+    import inspect
+    import shutil
+    import tempfile
+
+    import randommask
+
+    h = hashlib.sha256(inspect.getsource(build).encode())
+    package = Path(randommask.__file__).parent
+    for rel in inputs:
+        h.update(rel.encode() + b"\0" + (package / rel).read_bytes())
+    for dist in ("torch", "transformers", "safetensors"):
+        h.update(f"{dist}=={importlib.metadata.version(dist)}".encode())
+    root = root or Path(tempfile.gettempdir()) / "randommask-test-models"
+    final = root / f"{build.__name__.strip('_')}-{h.hexdigest()[:20]}"
+    if _complete(final):
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    if final.exists():  # partial or edited: out of the way (a rename is atomic), then removed
+        stale = Path(tempfile.mkdtemp(dir=root, prefix=".stale-"))
+        try:
+            final.rename(stale / "old")
+        except OSError:
+            pass  # another process moved it first
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
+    try:
+        build(tmp)
+        (tmp / MODEL_MANIFEST).write_text(json.dumps(_files_digest(tmp)))
+        os.chmod(tmp, 0o755)
+        tmp.rename(final)  # fails if another process renamed a (complete) one first: then use that one
+    except OSError:
+        if not _complete(final):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+@pytest.fixture(scope="session")
+def sharp_checkpoint() -> Path:
+    """A tiny model (seed 1) whose output layer is scaled up 40 times: its predictions are far from
+    uniform, so the covering tokens and the two strands visibly disagree and every way of combining
+    them gives a different number. Read only: it is cached on disk across processes (``cached_model_dir``)."""
+    return cached_model_dir(_build_sharp, ("training/model.py", "data/tokenizer.py"))
 
 
 # ---- a real Ray cluster and a real S3-compatible server (integration tier) ---------------------------

@@ -69,3 +69,52 @@ def test_a_table_of_variants_reads_as_the_same_vcf_would(tmp_path):
         read_table(str(tmp_path / "zero.tsv"))
     with pytest.raises(UserError, match="name it .parquet, .csv or .tsv"):
         read_table(str(tmp_path / "v.xlsx"))
+
+
+@pytest.mark.parametrize("given, want", [
+    ((10, "A", "GA"), (10, "A", "GA")),  # an insertion before the base it shares: REF keeps its one base
+    ((10, "GA", "A"), (10, "GA", "A")),  # the deletion the other way: ALT keeps its one base
+    ((10, "A", "AG"), (10, "A", "AG")),  # an insertion after its anchor: not moved right
+])
+def test_trimming_never_empties_an_allele(given, want):
+    assert trim(*given) == want
+    assert allele("1", *given[:1], ".", *given[1:]).reason == (
+        f"indel: {want[1]}>{want[2]} after trimming ({len(want[1])} bp > {len(want[2])} bp); only SNVs are scored")
+
+
+@pytest.mark.parametrize("alt", [".", "", "C]2:5]", "]2:5]C", "C[2:5[", "<DEL>", "*"])
+def test_missing_alts_and_breakends_of_either_bracket_are_symbolic(alt):
+    assert reason_kind(allele("1", 5, ".", "C", alt).reason) == "symbolic"
+
+
+@pytest.mark.parametrize("name, fasta, want", [
+    ("MT", "chrM", "chrM"), ("MT", "M", "M"), ("M", "chrMT", "chrMT"), ("chrM", "MT", "MT"),
+    ("chrMT", "M", "M"), ("Mt", "chrMt", "chrMt"),  # the bare name keeps its case: matched as given too
+])
+def test_mitochondrial_names_match_across_the_four_spellings(name, fasta, want):
+    assert contig_aliases([name], [fasta, "chr1"]) == {name: want}
+
+
+def test_names_already_in_the_fasta_do_not_stop_the_others_being_matched():
+    fasta = [f"chr{i}" for i in range(1, 23)]
+    names = [f"chr{i}" for i in range(1, 12)] + [str(i) for i in range(12, 23)]  # half as given, half bare
+    # set order varies between processes: with 11 names in the FASTA, a loop that stopped at the first
+    # of them would drop some bare name in all but about one order in 700,000
+    assert contig_aliases(names, fasta) == {str(i): f"chr{i}" for i in range(12, 23)}
+
+
+@pytest.mark.parametrize("window_bp, want", [(30, 29), (31, 31), (32, 31), (33, 33), (2, 1), (1, 1)])
+def test_a_window_is_the_largest_odd_width_not_over_the_one_asked(window_bp, want):
+    from randommask.inference.centre import centred_window
+
+    assert centred_window(window_bp) == want
+
+
+def test_both_strands_are_the_default_and_the_reverse_reads_the_mirrored_base():
+    import numpy as np
+
+    from randommask.inference.centre import strand_windows
+
+    codes = np.array([[0, 0, 1, 2, 3]], np.uint8)  # A A T C G; its reverse complement C G A T T
+    (fwd, q), (rev, r) = strand_windows(codes, 1)
+    assert fwd is codes and q == 1 and rev.tolist() == [[2, 3, 0, 1, 1]] and r == 3

@@ -139,3 +139,160 @@ def test_every_alt_of_a_vcf_is_a_row_and_a_bad_vcf_is_one_line(tmp_path):
     (tmp_path / "five.vcf").write_text("#CHROM\tPOS\tID\tREF\tALT\nc\t5\ta\tA\tG\n")  # no ##fileformat
     with pytest.raises(UserError, match="five.vcf: not a readable VCF .* #CHROM POS ID REF ALT QUAL FILTER INFO"):
         read_vcf(str(tmp_path / "five.vcf"))
+
+
+# ---- the test models cached across processes (conftest.cached_model_dir) ------------------------------
+def test_a_cached_model_folder_is_built_once_and_never_used_partial_edited_or_for_another_recipe(tmp_path):
+    import json
+
+    from conftest import MODEL_MANIFEST, cached_model_dir
+
+    built = []
+
+    def recipe(d):
+        built.append(d)
+        (d / "weights.bin").write_bytes(b"\x01\x02\x03")
+        (d / "config.json").write_text("{}")
+
+    def other_recipe(d):
+        (d / "weights.bin").write_bytes(b"\x09")
+
+    inputs = ("training/model.py",)
+    first = cached_model_dir(recipe, inputs, root=tmp_path)
+    assert cached_model_dir(recipe, inputs, root=tmp_path) == first and len(built) == 1  # reused, not rebuilt
+    assert json.loads((first / MODEL_MANIFEST).read_text()).keys() == {"weights.bin", "config.json"}
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary folder left behind
+    other = cached_model_dir(other_recipe, inputs, root=tmp_path)
+    assert other != first and (other / "weights.bin").read_bytes() == b"\x09"  # another recipe: another key
+    assert cached_model_dir(recipe, ("data/tokenizer.py",), root=tmp_path) != first  # other package files too
+    (first / "weights.bin").write_bytes(b"\x00")  # edited in place: rebuilt
+    assert cached_model_dir(recipe, inputs, root=tmp_path) == first and len(built) == 3
+    assert (first / "weights.bin").read_bytes() == b"\x01\x02\x03"
+    (first / MODEL_MANIFEST).unlink()  # a folder without its manifest (a build cut short): rebuilt
+    assert cached_model_dir(recipe, inputs, root=tmp_path) == first and len(built) == 4
+    (first / "extra.bin").write_bytes(b"")  # a file the manifest does not name: rebuilt
+    cached_model_dir(recipe, inputs, root=tmp_path)
+    assert len(built) == 5 and not (first / "extra.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ---- the pipelines' task and actor functions: refusals, columns and types (numbers: test_inference_numbers) --
+def spying_open_fasta(monkeypatch) -> list:
+    """Record the storage options each ``open_fasta`` call gets (the real one still opens the file)."""
+    calls, real = [], fasta_io.open_fasta
+
+    def spy(uri, storage_options=None, log=print):
+        calls.append(storage_options)
+        return real(uri, storage_options, log)
+
+    monkeypatch.setattr(fasta_io, "open_fasta", spy)
+    return calls
+
+
+def test_the_variant_task_refuses_each_unscorable_allele_with_its_reason(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from randommask.data.tokenizer import CLS, MASK, SEP, kmer_vocab
+    from randommask.inference.alleles import allele
+    from randommask.inference.variant_inputs import allele_columns
+    from randommask.inference.variants import windows
+
+    seq = random_dna(40, 5)
+    seq = seq[:29] + "N" + seq[30:]  # an N at position 30 (1-based)
+    fasta = write_fasta(tmp_path / "g.fa", {"1": seq})  # not indexed yet: opening it indexes it, silently
+    flip = {"A": "C", "C": "G", "G": "T", "T": "A"}
+    rows = [allele("chr1", 10, ".", seq[9], flip[seq[9]]),  # matched to contig 1
+            allele("chr1", 12, ".", seq[11], flip[seq[11]]),  # the same alias, remembered
+            allele("chrX", 5, ".", "A", "C"),
+            allele("1", 41, ".", "A", "C"),  # one past the end
+            allele("1", 12, ".", flip[seq[11]], seq[11]),  # REF is not the genome's base
+            allele("1", 25, ".", seq[24], flip[seq[24]]),  # the N is 5 bases away, inside a covering 6-mer
+            allele("1", 15, ".", "A", "AC")]  # refused when read
+    opened = spying_open_fasta(monkeypatch)
+    out = windows(allele_columns(rows), str(fasta), 6, 1, 15, storage_options={"anon": True})  # both strands
+    assert opened == [{"anon": True}] and capsys.readouterr().out == ""
+    assert list(out["error"]) == [
+        "", "", "contig: chrX is not in the FASTA", "position: 41 is past the end of 1 (40 bp)",
+        f"REF mismatch: REF {flip[seq[11]]} does not match the genome ({seq[11]}) at 1:12",
+        "N nearby: an N within 5 bases of 1:25; no k-mer to score", rows[-1].reason]
+    assert [len(ids) for ids in out["ids"][:2]] == [2, 2]  # both strands of the two scored alleles
+    # k-mers at stride 2: the tokenizer's and the tiles' stride, not 1 (forward strand, window 13 on base 10)
+    out = windows(allele_columns(rows[:1]), str(fasta), 4, 2, 13, "forward")
+    vocab, window, q = {t: i for i, t in enumerate(kmer_vocab(4))}, seq[3:16], 6
+    want = [CLS] + [MASK if s <= q < s + 4 else vocab[window[s : s + 4]] for s in range(0, 10, 2)] + [SEP]
+    assert out["ids"][0].tolist() == [want] and out["ids"][0].dtype == np.int32
+    assert out["candidates"][0].shape == (1, 2, 4)  # the two 4-mers at stride 2 that hold base 10
+
+
+def test_the_embedding_task_tiles_and_tokenizes_at_the_stride_asked(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from randommask.data.tokenizer import CLS, SEP, kmer_vocab
+    from randommask.inference.embed import tokenize_regions
+
+    seq = random_dna(50, 6)
+    fasta = write_fasta(tmp_path / "g.fa", {"c": seq})
+    batch = {"chrom": np.array(["c"], object), "start": np.array([10]), "end": np.array([30]),
+             "strands": np.array(["+"], object)}
+    opened = spying_open_fasta(monkeypatch)
+    out = tokenize_regions(batch, str(fasta), 4, 2, 9, storage_options={"anon": True})
+    assert opened == [{"anon": True}] and capsys.readouterr().out == ""
+    vocab = {t: i for i, t in enumerate(kmer_vocab(4))}
+    # 20 bases: 9 4-mers at stride 2, one tile of up to 9 (at stride 1 there would be 17 in two tiles)
+    want = [CLS] + [vocab[seq[10 + s : 14 + s]] for s in range(0, 17, 2)] + [SEP]
+    assert out["ids"][0].tolist() == [want]
+
+
+def test_refused_rows_come_out_with_null_scores_and_every_column_typed():
+    import json
+
+    import pyarrow as pa
+
+    from randommask.inference.alleles import allele
+    from randommask.inference.provenance import METADATA_KEY
+    from randommask.inference.variant_inputs import allele_columns
+    from randommask.inference.variants import Scorer
+
+    rows = [allele("chr2", 7, "rs7", "AC", "A"), allele("3", 9, "rs9", "C", "<DEL>")]
+    scorer = Scorer.__new__(Scorer)  # no model: nothing here to score, so the actor never runs it
+    scorer.provenance = {"command": "score-variants"}
+    table = scorer(allele_columns(rows))
+    want_types = dict(chrom=pa.string(), pos=pa.int64(), id=pa.string(), ref=pa.string(), alt=pa.string(),
+                      norm_pos=pa.int64(), norm_ref=pa.string(), norm_alt=pa.string(), llr=pa.float64(),
+                      p_ref=pa.float64(), p_alt=pa.float64(), entropy=pa.float64(), error=pa.string())
+    assert {f.name: f.type for f in table.schema} == want_types  # null scores still typed as numbers
+    assert table.to_pylist() == [
+        dict(chrom=a.chrom, pos=a.pos, id=a.id, ref=a.ref, alt=a.alt, norm_pos=a.norm_pos, norm_ref=a.norm_ref,
+             norm_alt=a.norm_alt, llr=None, p_ref=None, p_alt=None, entropy=None, error=a.reason) for a in rows]
+    assert json.loads(table.schema.metadata[METADATA_KEY.encode()]) == {"command": "score-variants"}
+    scorer.provenance = None
+    assert scorer(allele_columns(rows)).schema.metadata is None
+
+
+def test_each_region_row_carries_its_bed_fields_and_the_mean_of_its_strands_vectors():
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+
+    from randommask.inference.embed import Embedder
+    from randommask.inference.provenance import METADATA_KEY
+
+    embedder = Embedder.__new__(Embedder)  # the pooling of tiles is test_inference_numbers'; here: the rows
+    embedder.provenance = {"command": "embed"}
+    embedder.embed = lambda parts: np.array([[1, 2], [3, 4], [5, 6], [7, 9]][: len(parts)], np.float32)
+    ids = [np.zeros((1, 5), np.int32), np.zeros((2, 5), np.int32), np.zeros((2, 5), np.int32)]
+    batch = {"chrom": np.array(["c1", "c2", "c3"], object), "start": np.array([5, 6, 7], np.int32),
+             "end": np.array([50, 60, 70], np.int32), "name": np.array(["a", "b", "c"], object),
+             "strands": np.array(["+", "-", "+-"], object), "ids": ids}
+    table = embedder(batch)
+    assert {f.name: f.type for f in table.schema} == dict(
+        chrom=pa.string(), start=pa.int64(), end=pa.int64(), name=pa.string(), strands=pa.string(),
+        embedding=pa.list_(pa.float32(), 2))
+    assert table.to_pylist() == [
+        dict(chrom="c1", start=5, end=50, name="a", strands="+", embedding=[1.0, 2.0]),
+        dict(chrom="c2", start=6, end=60, name="b", strands="-", embedding=[3.0, 4.0]),
+        dict(chrom="c3", start=7, end=70, name="c", strands="+-", embedding=[6.0, 7.5])]  # (5 + 7) / 2, (6 + 9) / 2
+    assert json.loads(table.schema.metadata[METADATA_KEY.encode()]) == {"command": "embed"}
+    embedder.provenance = None
+    assert embedder(batch).schema.metadata is None

@@ -117,6 +117,18 @@ def test_covering_tokens_combine_as_a_renormalised_geometric_mean_and_strands_as
     np.testing.assert_allclose(both, mean / mean.sum(), rtol=1e-12)
 
 
+def test_float32_log_probabilities_are_combined_in_float64():
+    """The model's log-probabilities come as float32; their mean and normalization run in float64
+    (the LLRs written are float64), so the answer is the float64 one to 1e-15, not float32's 1e-7."""
+    from randommask.inference.centre import base_log_probs
+
+    cands = np.log(np.array([[0.5, 0.2, 0.2, 0.1], [0.1, 0.6, 0.2, 0.1], [0.3, 0.3, 0.3, 0.1]], np.float32))
+    wide = cands.astype(np.float64)  # the same float32 values, exactly
+    score = wide.mean(0)
+    want = score - np.log(np.exp(score).sum())
+    np.testing.assert_allclose(base_log_probs(cands), want, rtol=1e-15, atol=0)
+
+
 
 def test_the_combination_rules_hold_row_by_row_on_a_batch_of_large_unequal_logits():
     """Four rows, each its own base with its own probabilities, their log-probabilities shifted by
@@ -259,12 +271,18 @@ def test_zeroshot_scores_validation_positions_against_tables_of_the_training_bas
 
 
 # ---- embeddings: mean and [CLS] pooling, any layer, tiles and strands ---------------------------------
-@pytest.mark.parametrize("pool, layer", [("mean", -1), ("cls", -1), ("mean", 1)])
-def test_embeddings_pool_as_a_plain_forward_of_each_tile(tiny_checkpoint, genome, pool, layer):
+# (the last case: a layer counted from the end, and 2 tiles a forward pass instead of 64, so the 20 tiles
+# take 10 passes whose slices must follow one another)
+@pytest.mark.parametrize("pool, layer, per_forward", [("mean", -1, 64), ("cls", -1, 64), ("mean", 1, 64), ("cls", -2, 2)])
+def test_embeddings_pool_as_a_plain_forward_of_each_tile(tiny_checkpoint, genome, pool, layer, per_forward,
+                                                         monkeypatch):
     from transformers import BertModel
 
+    from randommask.inference import embed
     from randommask.inference.embed import Embedder, tokenize_regions
     from randommask.inference.regions import tiles
+
+    monkeypatch.setattr(embed, "TILES_PER_FORWARD", per_forward)
 
     seq, paths = genome
     seq = seq["c1"]
