@@ -296,3 +296,44 @@ def test_the_tables_match_a_plain_implementation_at_the_edges_of_their_input():
     # m = 0 alone: every query's context is none, a table with no longer context to count
     alone = BackoffTable(train, q, (0,))
     np.testing.assert_allclose(alone.log_probs(0), slow_log_probs(train, q, (0,))[0], rtol=0, atol=1e-9)
+
+
+def test_what_is_seen_beside_hidden_bases_by_hand_with_a_stride_an_n_and_one_base_tokens():
+    def tokens(codes: np.ndarray, k: int, stride: int) -> torch.Tensor:
+        ids = torch.from_numpy(kmer_ids_from_codes(codes, k, stride).astype(np.int64))
+        return torch.cat([torch.full((len(ids), 1), 2), ids, torch.full((len(ids), 1), 3)], dim=1)
+
+    def masked(ids: torch.Tensor, span: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.full_like(ids, -100)
+        labels[:, span] = ids[:, span]
+        return torch.where(labels != -100, MASK, ids), labels
+
+    # 3-mers every 2 bases over 9 bases: token t covers 2(t - 1) .. 2(t - 1) + 2. Masking tokens 2 and 3
+    # hides bases 3, 4, 5 (2 and 6 are in tokens 1 and 4); each reads 2, 1, 0 on the left, 6, 7, 8 on the right.
+    codes = np.array([[0, 1, 2, 3, 3, 2, 1, 0, 2]], dtype=np.uint8)
+    q = eval_queries(*masked(tokens(codes, 3, 2), slice(2, 4)), 3, 2, width=4)
+    np.testing.assert_array_equal(q.base, codes[0, 3:6])
+    np.testing.assert_array_equal(q.left_len, [3, 3, 3])
+    np.testing.assert_array_equal(q.right_len, [3, 3, 3])
+    np.testing.assert_array_equal(q.left_gap, [0, 1, 2])
+    np.testing.assert_array_equal(q.right_gap, [2, 1, 0])
+    for i in range(3):
+        np.testing.assert_array_equal(q.left[i], [*codes[0, [2, 1, 0]], 4])
+        np.testing.assert_array_equal(q.right[i], [*codes[0, [6, 7, 8]], 4])
+    # an N at base 5: tokens 4-6 (3-mers) are [UNK]; masking exactly them hides base 5, which no
+    # selected valid k-mer covers: no base to score
+    codes = np.array([[0, 1, 2, 3, 0, 4, 2, 3, 3, 2]], dtype=np.uint8)
+    q = eval_queries(*masked(tokens(codes, 3, 1), slice(4, 7)), 3, width=4)
+    assert len(q.base) == 0
+    # 1-mers over 4 bases: masking tokens 2 and 3 hides bases 1 and 2; base 1 reads base 0 on the left,
+    # and base 3 past base 2 on the right; masking tokens 1-3 leaves base 0 reading base 3 past two hidden
+    codes = np.array([[3, 0, 1, 2]], dtype=np.uint8)
+    q = eval_queries(*masked(tokens(codes, 1, 1), slice(2, 4)), 1, width=4)
+    np.testing.assert_array_equal(q.left_len, [1, 1])
+    np.testing.assert_array_equal(q.left_gap, [0, 1])
+    np.testing.assert_array_equal(q.left[:, 0], [3, 3])
+    q = eval_queries(*masked(tokens(codes, 1, 1), slice(1, 4)), 1, width=4)
+    np.testing.assert_array_equal(q.base, [3, 0, 1])
+    np.testing.assert_array_equal(q.right_len, [1, 1, 1])
+    np.testing.assert_array_equal(q.right_gap, [2, 1, 0])
+    np.testing.assert_array_equal(q.right[:, 0], [2, 2, 2])
