@@ -226,6 +226,7 @@ def test_the_lines_a_plot_or_card_draws_are_the_references_by_hand():
         (8.17, "context-free floor (6-mer frequencies)"),
         (9.7, "span-2k overlap only (reads every visible base, knows no DNA)")]
     assert floor_lines(None) == [] and floor_lines({}) == []
+    assert floor_lines(floors) == floor_lines(floors, "span_k")  # the default set is span-k
 
 
 FLOOR_KEYS = {"k", "stride", "context_free", "overlap_per_base", "overlap_flank_bp", "train_bases_used",
