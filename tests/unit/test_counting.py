@@ -5,6 +5,7 @@ where a base is a function of its neighbours; equal to the centred table for int
 near window edges)."""
 
 import math
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -38,13 +39,19 @@ def markov(n: int, stay: float, seed: int) -> np.ndarray:
     return out
 
 
-def slow_log_probs(train: list[np.ndarray], q: Queries, flanks: tuple[int, ...]) -> dict[int, np.ndarray]:
+def codes_of_text(text: str) -> np.ndarray:
+    return np.array([BASES.index(c) for c in text], dtype=np.uint8)
+
+
+def slow_log_probs(train: list[np.ndarray], q: Queries, flanks: tuple[int, ...],
+                   both_strands: bool = True) -> dict[int, np.ndarray]:
     """The estimator by its definition, with strings and dicts: counts of (left, base, right) on both
-    strands, leave-one-out choice of each context length's prior strength, back-off recursion."""
+    strands (or the given one), leave-one-out choice of each context length's prior strength,
+    back-off recursion."""
     strands = []
     for codes in train:
         s = "".join("ATCGN"[min(int(c), 4)] for c in codes)
-        strands += [s, s.translate(COMPLEMENT)[::-1]]
+        strands += [s, s.translate(COMPLEMENT)[::-1]] if both_strands else [s]
 
     def chain(a, b, lg, rg):  # the shapes (a, b, left gap, right gap) it backs off through
         out = [(a, b, lg if a else 0, rg if b else 0)]
@@ -224,3 +231,109 @@ def test_interior_bases_score_as_the_centred_table_and_edges_score_worse():
     # at the edge five of the six hidden bases have no visible neighbour: near chance
     assert floors["best_counting_span_2k"] > floors["best_counting_span_k"] + 0.5
     assert floors["best_counting_span_2k"] == pytest.approx(LN4, abs=0.2)
+
+
+def test_a_side_with_no_visible_base_has_no_gap():
+    """``gaps`` by hand: a side's gap counts only where some base is read past it (a query with one
+    visible base still reads past its gap); ``None`` means no gap anywhere."""
+    q = Queries(np.zeros((4, 2), dtype=np.uint8), np.zeros((4, 2), dtype=np.uint8), np.array([0, 1, 2, 0]),
+                np.array([2, 0, 1, 1]), np.zeros(4, dtype=np.int64), np.array([2, 1, 2, 1]), np.array([1, 2, 2, 0]))
+    left, right = q.gaps()
+    assert left.tolist() == [0, 1, 2, 0] and right.tolist() == [1, 0, 2, 0]
+    assert left.dtype == right.dtype == np.int64
+    plain = Queries(q.left, q.right, q.left_len, q.right_len, q.base)
+    assert [g.tolist() for g in plain.gaps()] == [[0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_the_index_finds_exactly_the_queried_contexts_past_a_hash_collision():
+    """A long context (over DENSE_BASES bases) passes a hash filter, then an exact search: a training
+    key that shares a queried key's hash bucket but is larger than every queried key is not found."""
+    from randommask.data.counting import _Index
+
+    known = np.array([7, 1_000], dtype=np.int64)
+    collides = 833_040  # found by search: its hash bucket is 1000's
+    assert _Index._hash(np.array([collides]))[0] == _Index._hash(np.array([1_000]))[0]
+    where, at = _Index(known, 10).find(np.array([collides, 1_000, 5, 7, 2_000_000], dtype=np.int64))
+    assert where.tolist() == [1, 3] and at.tolist() == [1, 0]
+    where, at = _Index(known, 8).find(np.array([65_535, 1_000, 5, 7], dtype=np.int64))  # the dense table
+    assert where.tolist() == [1, 3] and at.tolist() == [1, 0]
+
+
+def hand_queries(held_out: np.ndarray, at: np.ndarray, width: int, seed: int) -> Queries:
+    """Queries at positions ``at`` of ``held_out`` with random side lengths (0..width) and gaps (left
+    0-2, right 0-1: the two sides' gaps differ), the visible bases read past each gap."""
+    rng = np.random.default_rng(seed)
+    n = len(at)
+    llen, rlen = rng.integers(0, width + 1, n), rng.integers(0, width + 1, n)
+    lgap, rgap = rng.integers(0, 3, n), rng.integers(0, 2, n)
+    left = np.full((n, width), 4, dtype=np.uint8)
+    right = np.full((n, width), 4, dtype=np.uint8)
+    for i, p in enumerate(at):
+        for j in range(llen[i]):
+            left[i, j] = held_out[p - lgap[i] - 1 - j]
+        for j in range(rlen[i]):
+            right[i, j] = held_out[p + rgap[i] + 1 + j]
+    return Queries(left, right, llen, rlen, held_out[at].astype(np.int64), lgap, rgap)
+
+
+def test_the_tables_match_a_plain_implementation_at_the_edges_of_their_input():
+    """Against the plain implementation: m = 0 (no context: the base frequencies) beside longer m,
+    left gaps the right side never has, a training piece shorter than the context and holding only A
+    and T (so no C or G on either strand), one strand only, and no numpy warning while fitting
+    (most long contexts are never seen in training)."""
+    train = [markov(500, 0.5, 5), codes_of_text("ATA")]
+    held_out = markov(300, 0.5, 6)
+    q = hand_queries(held_out, np.arange(8, 290, 9), 3, 7)
+    assert set(q.gaps()[0].tolist()) == {0, 1, 2} and set(q.gaps()[1].tolist()) == {0, 1}
+    flanks = (0, 1, 3)
+    for both in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            table = BackoffTable(train, q, flanks, both_strands=both)
+        want = slow_log_probs(train, q, flanks, both_strands=both)
+        for m in flanks:
+            np.testing.assert_allclose(table.log_probs(m), want[m], rtol=0, atol=1e-9)
+    # m = 0 alone: every query's context is none, a table with no longer context to count
+    alone = BackoffTable(train, q, (0,))
+    np.testing.assert_allclose(alone.log_probs(0), slow_log_probs(train, q, (0,))[0], rtol=0, atol=1e-9)
+
+
+def test_what_is_seen_beside_hidden_bases_by_hand_with_a_stride_an_n_and_one_base_tokens():
+    def tokens(codes: np.ndarray, k: int, stride: int) -> torch.Tensor:
+        ids = torch.from_numpy(kmer_ids_from_codes(codes, k, stride).astype(np.int64))
+        return torch.cat([torch.full((len(ids), 1), 2), ids, torch.full((len(ids), 1), 3)], dim=1)
+
+    def masked(ids: torch.Tensor, span: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.full_like(ids, -100)
+        labels[:, span] = ids[:, span]
+        return torch.where(labels != -100, MASK, ids), labels
+
+    # 3-mers every 2 bases over 9 bases: token t covers 2(t - 1) .. 2(t - 1) + 2. Masking tokens 2 and 3
+    # hides bases 3, 4, 5 (2 and 6 are in tokens 1 and 4); each reads 2, 1, 0 on the left, 6, 7, 8 on the right.
+    codes = np.array([[0, 1, 2, 3, 3, 2, 1, 0, 2]], dtype=np.uint8)
+    q = eval_queries(*masked(tokens(codes, 3, 2), slice(2, 4)), 3, 2, width=4)
+    np.testing.assert_array_equal(q.base, codes[0, 3:6])
+    np.testing.assert_array_equal(q.left_len, [3, 3, 3])
+    np.testing.assert_array_equal(q.right_len, [3, 3, 3])
+    np.testing.assert_array_equal(q.left_gap, [0, 1, 2])
+    np.testing.assert_array_equal(q.right_gap, [2, 1, 0])
+    for i in range(3):
+        np.testing.assert_array_equal(q.left[i], [*codes[0, [2, 1, 0]], 4])
+        np.testing.assert_array_equal(q.right[i], [*codes[0, [6, 7, 8]], 4])
+    # an N at base 5: tokens 4-6 (3-mers) are [UNK]; masking exactly them hides base 5, which no
+    # selected valid k-mer covers: no base to score
+    codes = np.array([[0, 1, 2, 3, 0, 4, 2, 3, 3, 2]], dtype=np.uint8)
+    q = eval_queries(*masked(tokens(codes, 3, 1), slice(4, 7)), 3, width=4)
+    assert len(q.base) == 0
+    # 1-mers over 4 bases: masking tokens 2 and 3 hides bases 1 and 2; base 1 reads base 0 on the left,
+    # and base 3 past base 2 on the right; masking tokens 1-3 leaves base 0 reading base 3 past two hidden
+    codes = np.array([[3, 0, 1, 2]], dtype=np.uint8)
+    q = eval_queries(*masked(tokens(codes, 1, 1), slice(2, 4)), 1, width=4)
+    np.testing.assert_array_equal(q.left_len, [1, 1])
+    np.testing.assert_array_equal(q.left_gap, [0, 1])
+    np.testing.assert_array_equal(q.left[:, 0], [3, 3])
+    q = eval_queries(*masked(tokens(codes, 1, 1), slice(1, 4)), 1, width=4)
+    np.testing.assert_array_equal(q.base, [3, 0, 1])
+    np.testing.assert_array_equal(q.right_len, [1, 1, 1])
+    np.testing.assert_array_equal(q.right_gap, [2, 1, 0])
+    np.testing.assert_array_equal(q.right[:, 0], [2, 2, 2])

@@ -76,13 +76,35 @@ def test_hidden_bases_of_a_span_of_k_is_one_and_a_kept_token_shows_it():
     assert eval_reference(inputs, labels, k, 1, 1.3) == pytest.approx(1.3)
 
 
-def plain_kmers(pieces: list[str], k: int) -> Counter:
-    """Counts of the k-mers (strings) of each piece, those holding an N left out, one strand."""
-    return Counter(p[i : i + k] for p in pieces for i in range(len(p) - k + 1) if "N" not in p[i : i + k])
+def test_the_overlap_reference_of_an_evaluation_set_by_hand():
+    """eval_reference: the mean bases hidden over the labelled [MASK] positions only (not a kept
+    labelled token, not an unlabelled [MASK]), times the per-base entropy; k-mers every other base."""
+    k = 6
+    ids = torch.arange(90, 120)[None].clone()  # k-mer id 100 stands at position 10, inside the span
+    labels = torch.full_like(ids, -100)
+    labels[0, 8:20] = ids[0, 8:20]  # a span of 2k tokens: 1, 2, ..., 6, 6, ..., 1 bases hidden
+    inputs = torch.where(labels != -100, MASK, ids)
+    labels[0, 25] = ids[0, 25]  # kept: labelled, its own k-mer shown, hides nothing
+    inputs[0, 2] = MASK  # not labelled: not scored (its bases are shown by tokens 1 and 3)
+    assert eval_reference(inputs, labels, k, 1, 0.9) == pytest.approx(42 / 12 * 0.9, abs=1e-12)
+    # 4-mers every 2 bases: token t covers bases 2(t - 1) .. 2(t - 1) + 3. Masking tokens 5 and 6 hides
+    # bases 10 and 11 (in no other token) for token 5, and the same two for token 6 (12, 13 are in token 7).
+    ids = torch.arange(NUM_SPECIAL, NUM_SPECIAL + 12)[None].clone()
+    labels = torch.full_like(ids, -100)
+    labels[0, 5:7] = ids[0, 5:7]
+    inputs = torch.where(labels != -100, MASK, ids)
+    assert hidden_bases(inputs, labels, 4, 2)[0, 5:7].tolist() == [2, 2]
+    assert eval_reference(inputs, labels, 4, 2, 0.9) == pytest.approx(1.8, abs=1e-12)
 
 
-def plain_context_free(train: list[str], validation: list[str], k: int) -> float:
-    q, v = plain_kmers(train, k), plain_kmers(validation, k)
+def plain_kmers(pieces: list[str], k: int, stride: int = 1) -> Counter:
+    """Counts of the k-mers (strings) starting every ``stride`` bases of each piece, those holding an N
+    left out, one strand."""
+    return Counter(p[i : i + k] for p in pieces for i in range(0, len(p) - k + 1, stride) if "N" not in p[i : i + k])
+
+
+def plain_context_free(train: list[str], validation: list[str], k: int, stride: int = 1) -> float:
+    q, v = plain_kmers(train, k, stride), plain_kmers(validation, k, stride)
     total = sum(q.values()) + 4**k  # add-one over every k-mer
     return -sum(n * math.log((q[w] + 1) / total) for w, n in v.items()) / sum(v.values())
 
@@ -129,6 +151,27 @@ def test_count_tables_by_hand_and_against_plain_counting():
     for k in (1, 3, 5):
         assert context_free_floor(tc, vc, k) == pytest.approx(plain_context_free(train, validation, k), abs=1e-12)
     assert overlap_reference(tc, flank=2) == pytest.approx(plain_overlap(train, 2), abs=1e-12)
+    for k in (2, 3):  # k-mers every other base
+        assert context_free_floor(tc, vc, k, 2) == pytest.approx(plain_context_free(train, validation, k, 2), abs=1e-12)
+    # one validation 2-mer (AA): P(AA) = (3 + 1) / (3 + 16); none is refused
+    assert context_free_floor([codes_of("AAAA")], [codes_of("AA")], 2) == pytest.approx(-math.log(4 / 19), abs=1e-12)
+    with pytest.raises(ValueError, match="^no valid validation k-mer$"):
+        context_free_floor([codes_of("AAAA")], [codes_of("NAN")], 2)
+
+
+def write_prepared(path, records: list[str], validation: list[tuple[int, int, int]]) -> None:
+    """A prepared directory by hand: the records one after another in one shard (every 7th base
+    soft-masked: the lowercase bit, which counting ignores), the validation blocks (record, start, end)."""
+    shard = np.concatenate([codes_of(r) for r in records])
+    shard[::7] |= 8
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in records])[:-1]]).tolist()
+    (path / "shards").mkdir(parents=True)
+    (path / "shards" / "s0.bin").write_bytes(shard.tobytes())
+    (path / "manifest.json").write_text(json.dumps({
+        "format": FORMAT, "version": FORMAT_VERSION,
+        "records": [{"name": f"r{i}", "length": len(r), "shard": "shards/s0.bin", "offset": off, "global_offset": off}
+                    for i, (r, off) in enumerate(zip(records, offsets))],
+        "validation": [{"record": r, "start": s, "end": e} for r, s, e in validation]}))
 
 
 def test_the_floors_of_a_prepared_dataset_count_its_training_bases_only(tmp_path):
@@ -140,15 +183,7 @@ def test_the_floors_of_a_prepared_dataset_count_its_training_bases_only(tmp_path
     records = ["".join(rng.choice(list("ACGT"), n)) for n in (4_000, 3_000)]
     records[0] = records[0][:2_000] + "N" + records[0][2_001:]
     validation = [(0, 1_000, 1_600), (1, 2_500, 3_000)]
-    shard = np.concatenate([codes_of(r) for r in records])
-    shard[::7] |= 8  # the lowercase bit, which counting ignores
-    (tmp_path / "shards").mkdir()
-    (tmp_path / "shards" / "s0.bin").write_bytes(shard.tobytes())
-    (tmp_path / "manifest.json").write_text(json.dumps({
-        "format": FORMAT, "version": FORMAT_VERSION,
-        "records": [{"name": f"r{i}", "length": len(r), "shard": "shards/s0.bin", "offset": off, "global_offset": off}
-                    for i, (r, off) in enumerate(zip(records, (0, 4_000)))],
-        "validation": [{"record": r, "start": s, "end": e} for r, s, e in validation]}))
+    write_prepared(tmp_path, records, validation)
     train = [records[0][:1_000], records[0][1_600:], records[1][:2_500]]
     held = [records[0][1_000:1_600], records[1][2_500:]]
     assert sum(map(len, train + held)) == sum(map(len, records))  # disjoint, and every base in one of them
@@ -191,3 +226,58 @@ def test_the_lines_a_plot_or_card_draws_are_the_references_by_hand():
         (8.17, "context-free floor (6-mer frequencies)"),
         (9.7, "span-2k overlap only (reads every visible base, knows no DNA)")]
     assert floor_lines(None) == [] and floor_lines({}) == []
+    assert floor_lines(floors) == floor_lines(floors, "span_k")  # the default set is span-k
+
+
+FLOOR_KEYS = {"k", "stride", "context_free", "overlap_per_base", "overlap_flank_bp", "train_bases_used",
+              "validation_bases", "base_table"}
+
+
+def test_compute_floors_reads_through_storage_options_caps_the_training_split_and_keeps_the_stride(tmp_path):
+    """Through a filesystem only its storage options make usable (fsspec's dir://, rooted by them), with
+    at most 4,000 training bases (of the three training pieces, 1,000 + 2,400 + 2,500 bases, the two
+    evenly spaced: the first and the last), 3-mers every other base, and an evaluation set: every
+    number equals the plain counts of those pieces, and the keys are exactly these."""
+    from randommask.data.floors import geometry_tables
+    from randommask.data.tokenizer import kmer_ids_from_codes
+
+    rng = np.random.default_rng(8)
+    records = ["".join(rng.choice(list("ACGT"), n)) for n in (4_000, 3_000)]
+    write_prepared(tmp_path / "ds", records, [(0, 1_000, 1_600), (1, 2_500, 3_000)])
+    train = [records[0][:1_000], records[1][:2_500]]
+    held = [records[0][1_000:1_600], records[1][2_500:]]
+    windows = np.stack([codes_of(held[0][s : s + 21]) for s in range(0, 500, 50)])
+    ids = torch.from_numpy(kmer_ids_from_codes(windows, 3, 2).astype(np.int64))
+    ids = torch.cat([torch.full((len(ids), 1), 2), ids, torch.full((len(ids), 1), 3)], dim=1)
+    labels = torch.full_like(ids, -100)
+    labels[:, 4:6] = ids[:, 4:6]
+    sets = {"span_k": (torch.where(labels != -100, MASK, ids), labels)}
+    floors = compute_floors("dir://ds", 3, stride=2, max_train_bases=4_000, eval_sets=sets,
+                            storage_options={"path": str(tmp_path), "target_protocol": "file"})
+    assert set(floors) == FLOOR_KEYS | {"base_table_span_k", "best_counting_span_k"}
+    assert (floors["k"], floors["stride"], floors["overlap_flank_bp"]) == (3, 2, 3)
+    assert floors["train_bases_used"] == 3_500 and floors["validation_bases"] == 1_100
+    assert floors["context_free"] == round(plain_context_free(train, held, 3, 2), 4)
+    assert floors["overlap_per_base"] == round(plain_overlap(train, 3), 4)
+    assert floors["base_table"] == {str(m): round(plain_base_table_loss(train, held, m), 4) for m in BASE_TABLE_FLANKS}
+    geometry = geometry_tables([codes_of(t) for t in train], sets, 3, 2)
+    assert floors["base_table_span_k"] == geometry["base_table_span_k"]
+    assert floors["best_counting_span_k"] == geometry["best_counting_span_k"]
+
+
+@pytest.mark.parametrize(("block", "stride", "has_context_free", "has_tables"), [
+    ("NAAA", 2, False, False),  # 3-mers every 2 bases: only NAA, holding an N (AAA starts at base 1)
+    ("ACGTACG", 1, True, False),  # 3-mers, but no 9-mer (m = 4 bases each side)
+    ("ACGTACGTA", 1, True, True),  # one 9-mer
+])
+def test_a_reference_the_validation_bases_cannot_score_is_none(tmp_path, block, stride, has_context_free, has_tables):
+    rng = np.random.default_rng(9)
+    record = "".join(rng.choice(list("ACGT"), 1_000)) + block + "".join(rng.choice(list("ACGT"), 1_000))
+    write_prepared(tmp_path, [record], [(0, 1_000, 1_000 + len(block))])
+    train = [record[:1_000], record[1_000 + len(block) :]]
+    floors = compute_floors(str(tmp_path), 3, stride=stride)
+    assert set(floors) == FLOOR_KEYS
+    want = round(plain_context_free(train, [block], 3, stride), 4) if has_context_free else None
+    assert floors["context_free"] == want
+    want = {str(m): round(plain_base_table_loss(train, [block], m), 4) for m in BASE_TABLE_FLANKS} if has_tables else None
+    assert floors["base_table"] == want
