@@ -111,6 +111,8 @@ def stage(repo: Path, work: Path, modules: tuple[str, ...] = MODULES) -> None:
         raise UserError("pyproject.toml has a [tool.mutmut] table; the staged run writes its own "
                         "(randommask/tools/mutants.py): remove it")
     (work / "pyproject.toml").write_text(text + mutmut_table(modules))
+    # test_sweep.py reads the shipped sweep configs from jobs/ beside tests/ (conftest.REPO is work here)
+    (work / "jobs").symlink_to((repo / "jobs").resolve())
     shared = repo.resolve().parent / "shared"
     if shared.exists():  # tests/conftest.py looks for the real data beside the repository: here, beside mutants/
         (work / "shared").symlink_to(shared)
