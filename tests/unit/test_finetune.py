@@ -295,3 +295,65 @@ def test_bad_csv_fails_before_any_trial(gue_dir, tiny_checkpoint, tmp_path):
     with pytest.raises(UserError, match=r"dev.csv: line 2: label 7 outside 0..1"):
         finetune(str(tiny_checkpoint), str(bad), "mouse/2", str(tmp_path / "out"))
     assert not (tmp_path / "out" / "trials").exists()
+
+
+# ---- protocol.plan / schedule / better, by hand on a made-up dataset (no trial: fast) -----------------
+
+def _ds(max_steps=None, batch_size=8):
+    return gue.GueDataset(name="made/up", task="t", classes=2, length_bp=70, metric="mcc", epochs=3, eval_steps=7,
+                          max_length=30, warmup_steps=5, max_steps=max_steps, lr=2e-5, batch_size=batch_size)
+
+
+def test_a_plan_is_the_published_values_until_an_override_makes_it_custom():
+    p = protocol.plan(_ds(max_steps=40))
+    assert (p.protocol, p.selection) == ("published", "dev_loss@eval_steps")
+    assert p.hyperparameters == {"epochs": 3, "max_steps": 40, "warmup_steps": 5, "eval_steps": 7, "lr": 2e-5,
+                                 "batch_size": 8, "max_length": 30, "weight_decay": 0.01, "precision": "fp16"}
+    fast = protocol.plan(_ds(max_steps=40), "fast")
+    assert (fast.protocol, fast.selection, fast["max_steps"]) == ("fast", "dev_metric@epoch", 40)
+    # each override alone: custom, the others as published; only --epochs drops max_steps
+    lr = protocol.plan(_ds(max_steps=40), "fast", lr=1)
+    assert (lr.protocol, lr.selection, lr["lr"], lr["epochs"], lr["max_steps"]) == ("custom", "dev_metric@epoch", 1.0, 3, 40)
+    assert type(lr["lr"]) is float and type(protocol.plan(_ds())["lr"]) is float
+    bs = protocol.plan(_ds(max_steps=40), batch_size=16)
+    assert (bs.protocol, bs["batch_size"], bs["max_steps"], bs["lr"]) == ("custom", 16, 40, 2e-5)
+    assert "XXbatch_sizeXX" not in bs.hyperparameters and "BATCH_SIZE" not in bs.hyperparameters
+    ep = protocol.plan(_ds(max_steps=40), epochs=2)
+    assert (ep.protocol, ep.selection, ep["epochs"], ep["max_steps"], ep["batch_size"]) == (
+        "custom", "dev_loss@eval_steps", 2, None, 8)
+    assert set(ep.hyperparameters) == set(p.hyperparameters)
+    with pytest.raises(UserError, match="--protocol 'Fast': choose one of published, fast"):
+        protocol.plan(_ds(), "Fast")
+
+
+@pytest.mark.parametrize("max_steps,n_train,protocol_name,subsampled,want", [
+    # 50 rows / 8 = 6.25 -> 7 steps an epoch, x 3 epochs = 21; the dev loss every 7 steps, 21 included
+    (None, 50, "published", False, (7, 21, 3, (7, 14, 21))),
+    (None, 48, "published", False, (6, 18, 3, (7, 14))),  # 48 / 8 = 6 exactly
+    # max_steps wins over epochs: 20 steps (epochs 3 end at 7, 14 and, cut short, 20); 30 steps: 5 epochs
+    (20, 50, "published", False, (7, 20, 3, (7, 14))),
+    (30, 50, "published", False, (7, 30, 5, (7, 14, 21, 28))),
+    (None, 50, "fast", False, (7, 21, 3, (7, 14, 21))),
+    (20, 50, "fast", False, (7, 20, 3, (7, 14, 20))),
+    (30, 50, "fast", True, (7, 30, 5, (7, 14, 21, 28, 30))),
+    # subsampled, epochs (3 steps) shorter than the interval (7): also every epoch end
+    (None, 20, "published", True, (3, 9, 3, (3, 6, 7, 9))),
+    (None, 20, "published", False, (3, 9, 3, (7,))),
+    # an epoch exactly one interval long: the interval's steps only (not the cut-short end at 20)
+    (20, 56, "published", True, (7, 20, 3, (7, 14))),
+])
+def test_a_schedule_counts_steps_and_evaluations_as_trainer_does(max_steps, n_train, protocol_name, subsampled, want):
+    s = protocol.schedule(protocol.plan(_ds(max_steps=max_steps), protocol_name), n_train, subsampled=subsampled)
+    assert (s.steps_per_epoch, s.total_steps, s.epochs, s.eval_at) == want
+
+
+def test_better_compares_the_dev_loss_or_the_metric_and_ties_keep_the_earlier_step():
+    published, fast = protocol.plan(_ds()), protocol.plan(_ds(), "fast")
+    best = {"loss": 0.5, "mcc": 0.3}
+    assert protocol.better(published, {"loss": 0.4, "mcc": 0.1}, None, "mcc")
+    assert protocol.better(published, {"loss": 0.4, "mcc": 0.1}, best, "mcc")  # lower loss wins, whatever the mcc
+    assert not protocol.better(published, {"loss": 0.6, "mcc": 0.9}, best, "mcc")
+    assert not protocol.better(published, {"loss": 0.5, "mcc": 0.9}, best, "mcc")  # a tie keeps the earlier
+    assert protocol.better(fast, {"loss": 0.9, "mcc": 0.4}, best, "mcc")  # higher metric wins, whatever the loss
+    assert not protocol.better(fast, {"loss": 0.1, "mcc": 0.2}, best, "mcc")
+    assert not protocol.better(fast, {"loss": 0.1, "mcc": 0.3}, best, "mcc")

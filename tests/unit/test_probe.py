@@ -194,3 +194,65 @@ def test_both_probes_score_the_test_rows_as_sklearn_fitted_here(tiny_checkpoint,
         assert row[key] == pytest.approx(held_out, abs=1e-5), key
         # scored on its own training rows the probe would read differently: it scores the test rows
         assert abs(sklearn_mcc(train_x, try_, train_x, try_) - held_out) > 0.05, key
+
+
+def test_windows_are_cut_where_the_kmers_say_and_no_further():
+    # k = 3, 5-base windows, stride 1: 3 k-mers a window, windows start every 3 bases, 5 long; by hand
+    assert windows_of("ACGTACGTAC", 5, 3) == ["ACGTA", "TACGT", "GTAC"]  # the last k-mer starts at 7
+    assert windows_of("ACGTACGTACG", 5, 3) == ["ACGTA", "TACGT", "GTACG"]  # at 8: no 2-base tail window
+    assert windows_of("ACGTA", 5, 3) == ["ACGTA"] and windows_of("AC", 5, 3) == ["AC"]
+
+
+def test_the_bag_has_one_float32_column_per_token_id_and_reads_at_the_stride():
+    # ACGTAC at stride 2 holds ACG and GTA (not CGT, TAC): 2 k-mers + [CLS] + [SEP]; every id a column,
+    # so a train and a test bag line up whatever k-mers each holds
+    tok = KmerTokenizer(3, 2)
+    bag = kmer_bag(["ACGTAC", "AAA"], 3, stride=2)
+    assert bag.shape == (2, 4 + 64 + 1) and bag.dtype == np.float32  # vocab_size_for(3), written out
+    dense = bag.toarray()
+    assert dense[0].sum() == 4 and dense[1].sum() == 3
+    acg, gta = tok.encode("ACG")[1], tok.encode("GTA")[1]
+    assert dense[0, acg] == dense[0, gta] == 1 and dense[0, tok.encode("CGT")[1]] == 0
+
+
+def test_linear_probe_rounds_each_datasets_metric_and_their_mean(tmp_path, monkeypatch):
+    # the sweep's objective, with the embedding and the fit replaced: what it reads, which rows, which
+    # metric of each dataset (tf/0: MCC, covid: macro F1), the rounding, the mean
+    from randommask.evaluation import gue
+    from randommask.evaluation import probe as module
+
+    synthetic_gue(tmp_path, "tf/0", n_train=6, n_test=5, seed=1)
+    synthetic_gue(tmp_path, "virus/covid", n_train=6, n_test=5, seed=2)
+    opts = {"anon": True}
+    seen = {"checkpoint": [], "read": [], "embed": []}
+    read = gue.read_split
+
+    def node_checkpoint(uri, storage_options):
+        seen["checkpoint"].append((uri, storage_options))
+        return "/local/copy"
+
+    def read_split(gue_dir, name, split, storage_options=None):
+        seen["read"].append((name, split, storage_options))
+        return read(gue_dir, name, split)
+
+    def embed(model_dir, seqs):
+        seen["embed"].append((model_dir, seqs))
+        return np.zeros((len(seqs), 1))
+
+    got = iter([{"mcc": 0.1234567, "f1_macro": 0.9, "accuracy": 0.8}, {"mcc": 0.5, "f1_macro": 0.7654321, "accuracy": 0.6}])
+    monkeypatch.setattr(module, "node_checkpoint", node_checkpoint)
+    monkeypatch.setattr(gue, "read_split", read_split)
+    monkeypatch.setattr(module, "embed", embed)
+    monkeypatch.setattr(module, "fit_score", lambda *a: next(got))
+    scores = module.linear_probe("s3://b/final", str(tmp_path), ["tf/0", "virus/covid"], max_train=3, max_eval=2,
+                                 storage_options=opts)
+    # (0.12346 + 0.76543) / 2 = 0.444445, to 5 decimals
+    assert scores == {"probe_tf/0": 0.12346, "probe_virus/covid": 0.76543, "probe_score": 0.44445}
+    assert seen["checkpoint"] == [("s3://b/final", opts)]
+    assert [(n, s, o is opts) for n, s, o in seen["read"]] == [
+        ("tf/0", "train", True), ("tf/0", "test", True), ("virus/covid", "train", True), ("virus/covid", "test", True)]
+    # the first 3 train and 2 test rows the seed-0 draw keeps (the same rows for every model)
+    tr, te = (gue.subsample(*read(str(tmp_path), "tf/0", s), n, seed=0)[0] for s, n in (("train", 3), ("test", 2)))
+    assert [(m, len(s)) for m, s in seen["embed"]] == [("/local/copy", 3), ("/local/copy", 2)] * 2
+    assert seen["embed"][0][1] == tr and seen["embed"][1][1] == te
+    assert len(set(tr)) == 3 and set(tr) < set(read(str(tmp_path), "tf/0", "train")[0])

@@ -92,6 +92,8 @@ def mutmut_table(modules: tuple[str, ...] = MODULES, tests_dir: str = "tests/uni
              "pytest_add_cli_args = [\"-p\", \"no:cacheprovider\"]",
              "do_not_mutate_patterns = [" + ", ".join(json.dumps(p) for p in NO_MUTATE) + "]",
              "use_git_change_detection = false",
+             "# mutmut runs the tests inside mutants/, where conftest.REPO points: test_sweep.py reads jobs/configs/ there",
+             'also_copy = ["jobs"]',
              '# torch is not fork-safe once its thread pool has run: fork each mutant from a server that never ran it',
              'process_isolation = "forkserver"',
              ""]
@@ -111,6 +113,8 @@ def stage(repo: Path, work: Path, modules: tuple[str, ...] = MODULES) -> None:
         raise UserError("pyproject.toml has a [tool.mutmut] table; the staged run writes its own "
                         "(randommask/tools/mutants.py): remove it")
     (work / "pyproject.toml").write_text(text + mutmut_table(modules))
+    # copied into mutants/ by also_copy (the mutmut table)
+    (work / "jobs").symlink_to((repo / "jobs").resolve())
     shared = repo.resolve().parent / "shared"
     if shared.exists():  # tests/conftest.py looks for the real data beside the repository: here, beside mutants/
         (work / "shared").symlink_to(shared)
