@@ -238,12 +238,16 @@ def main(argv: list[str] | None = None) -> int:
                 print("nothing to run: the last run left no survivor in " + ", ".join(modules))
                 return 0
         stage(repo, work, modules)
+        # what `report` needs to read this run again: a survivors-only run leaves the rest unrun
+        (work / "run.json").write_text(json.dumps({"survivors": args.survivors}))
         code = run_mutmut(work, args.max_children, names)
         secs = time.monotonic() - started
         wall = f"{int(secs // 60)}m{int(secs % 60):02d}s ({args.max_children} at once)"
         if code != 0:
             print(f"mutmut run exited with {code} after {wall}", file=sys.stderr)
             return code
+    if args.command == "report" and (work / "run.json").exists() and json.loads((work / "run.json").read_text())["survivors"]:
+        previous = json.loads((repo / LAST).read_text())["status"]  # the rest keep their last status, as in the run
     entries = explanations(repo / EXPLAINED)
     mutants = explain(collect(work, modules, selected, previous), entries)
     remember(repo, work, modules, mutants)
