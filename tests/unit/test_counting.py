@@ -337,3 +337,32 @@ def test_what_is_seen_beside_hidden_bases_by_hand_with_a_stride_an_n_and_one_bas
     np.testing.assert_array_equal(q.right_len, [1, 1, 1])
     np.testing.assert_array_equal(q.right_gap, [2, 1, 0])
     np.testing.assert_array_equal(q.right[:, 0], [2, 2, 2])
+
+
+def test_window_codes_keep_a_base_any_valid_k_mer_shows_beside_an_n():
+    """3-mers over 12 bases with an N at base 5: tokens 4-6 ([UNK]) cover it, yet bases 4 and 6 are each
+    in a valid k-mer too (tokens 3 and 7); only base 5 is INVALID (4)."""
+    codes = np.array([[0, 1, 2, 3, 0, 4, 2, 3, 3, 1, 0, 2]], dtype=np.uint8)
+    np.testing.assert_array_equal(window_codes(encode(codes, 3).numpy(), 3), codes)
+
+
+def test_geometry_tables_keep_the_stride_round_to_4_places_and_leave_a_set_with_nothing_hidden_none():
+    """3-mers every other base: each set's tables are the back-off tables on its own queries, read with
+    that stride (eval_queries is pinned by hand above), rounded to 4 places; a set that hides no base
+    has None for both keys, and so do sets that all hide none."""
+    train = [markov(3_000, 0.5, 11)]
+    held_out = markov(1_000, 0.5, 12)
+    windows = np.stack([held_out[s : s + 21] for s in range(0, 900, 37)])
+    ids = torch.from_numpy(kmer_ids_from_codes(windows, 3, 2).astype(np.int64))
+    ids = torch.cat([torch.full((len(ids), 1), 2), ids, torch.full((len(ids), 1), 3)], dim=1)
+    labels = torch.full_like(ids, -100)
+    labels[:, 4:6] = ids[:, 4:6]
+    inputs = torch.where(labels != -100, MASK, ids)
+    nothing = (ids, torch.full_like(ids, -100))
+    out = geometry_tables(train, {"span_k": (inputs, labels), "none": nothing}, 3, 2)
+    plain = BackoffTable(train, eval_queries(inputs, labels, 3, 2), GEOMETRY_FLANKS).losses()
+    want = {m: round(v, 4) for m, v in plain.items()}
+    assert out == {"base_table_span_k": want, "best_counting_span_k": min(want.values()),
+                   "base_table_none": None, "best_counting_none": None}
+    assert any(round(v, 5) != round(v, 4) for v in plain.values())  # so the rounding shows
+    assert geometry_tables(train, {"none": nothing}, 3, 2) == {"base_table_none": None, "best_counting_none": None}

@@ -281,3 +281,73 @@ def test_a_reference_the_validation_bases_cannot_score_is_none(tmp_path, block, 
     assert floors["context_free"] == want
     want = {str(m): round(plain_base_table_loss(train, [block], m), 4) for m in BASE_TABLE_FLANKS} if has_tables else None
     assert floors["base_table"] == want
+
+
+def test_kmer_counts_skip_a_piece_shorter_than_k_and_count_the_pieces_after_it():
+    from randommask.data.floors import kmer_counts
+
+    counts = kmer_counts([codes_of("AT"), codes_of("AAAA"), codes_of("N"), codes_of("TTA")], 3)
+    want = np.zeros(4**3, dtype=np.int64)
+    want[0] = 2  # AAA twice (A = 0)
+    want[1 * 16 + 1 * 4 + 0] = 1  # TTA once (T = 1, first base most significant)
+    np.testing.assert_array_equal(counts, want)
+
+
+def test_a_training_cap_under_one_piece_keeps_the_first_piece_alone(tmp_path):
+    """Three training pieces (1,000 + 2,400 + 2,500 bases) capped at 1,000 bases: int(3 * 1,000 / 5,900)
+    is 0, so one piece is read, the first."""
+    from randommask.data.floors import split_codes
+
+    rng = np.random.default_rng(10)
+    records = ["".join(rng.choice(list("ACGT"), n)) for n in (4_000, 3_000)]
+    write_prepared(tmp_path, records, [(0, 1_000, 1_600), (1, 2_500, 3_000)])
+    pieces = split_codes(str(tmp_path), "train", 1_000)
+    assert len(pieces) == 1
+    np.testing.assert_array_equal(pieces[0], codes_of(records[0][:1_000]))
+
+
+def test_hidden_bases_count_what_a_random_token_an_unk_or_the_window_start_does_not_show():
+    """k = 6, token t covers bases t - 1 .. t + 4 (values worked out by hand)."""
+    k = 6
+    ids = torch.arange(NUM_SPECIAL + 1, NUM_SPECIAL + 31)[None].clone()
+    labels = torch.full_like(ids, -100)
+    span = slice(10, 16)  # hides base 14 alone
+    labels[0, span] = ids[0, span]
+    inputs = torch.where(labels != -100, MASK, ids)
+    # a random replacement shows nothing: as if masked
+    random = inputs.clone()
+    random[0, 12] = ids[0, 12] + 7
+    assert hidden_bases(random, labels, k)[0].tolist() == [0] * 10 + [1] * 6 + [0] * 14
+    # the all-A k-mer (id NUM_SPECIAL) is a k-mer like any other: unselected, it shows its bases
+    all_a = inputs.clone()
+    all_a[0, 9] = NUM_SPECIAL
+    assert hidden_bases(all_a, labels, k)[0].tolist() == [0] * 10 + [1] * 6 + [0] * 14
+    # an unselected [UNK] at token 9 shows nothing: bases 13 and 14 are hidden; it is not labelled, so 0
+    unk = inputs.clone()
+    unk[0, 9] = 1
+    assert hidden_bases(unk, labels, k)[0].tolist() == [0] * 10 + [2, 2, 2, 2, 2, 1] + [0] * 14
+    # a span at the window's start: tokens 1-6 hide bases 0-5; token 1 covers 0-5, token 6 covers 5-10
+    start = torch.full_like(ids, -100)
+    start[0, 1:7] = ids[0, 1:7]
+    h = hidden_bases(torch.where(start != -100, MASK, ids), start, k)
+    assert h[0].tolist() == [0, 6, 5, 4, 3, 2, 1] + [0] * 23
+
+
+def test_visible_bases_by_hand_with_the_default_stride():
+    from randommask.data.floors import visible_bases
+
+    shows = torch.tensor([[False, False, False, True, False, False], [True, True, False, False, False, True]])
+    # 3-mers every base (the default): 6 tokens, 6 bases; token 3 covers bases 2-4; token 0 ([CLS]) none,
+    # token 1 bases 0-2, token 5 ([SEP]'s place) bases 4-5 (clipped at the window's end)
+    assert visible_bases(shows, 3).tolist() == [[False, False, True, True, True, False],
+                                               [True, True, True, False, True, True]]
+
+
+def test_visible_bases_stay_on_the_device_of_their_input():
+    """The training calls it on the accelerator's tensors (training.baseloss); the meta device stands in
+    for one here: a part built on the CPU would fail or move the result there. (The first meta
+    operation of a process costs about a second: torch loads its meta kernels.)"""
+    from randommask.data.floors import visible_bases
+
+    shows = torch.tensor([[False, True, False, True, True, False]], device="meta")
+    assert visible_bases(shows, 3).device.type == "meta"
