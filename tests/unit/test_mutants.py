@@ -121,3 +121,22 @@ def test_a_survivors_rerun_is_refused_once_the_source_changed(tmp_path):
     (pkg / "counting.py").write_text("x = 2\n")
     with pytest.raises(UserError, match="has changed since its last run"):
         last_survivors(tmp_path, ("data/counting.py",))
+
+
+def test_a_run_replaces_what_was_known_of_its_modules_and_keeps_the_others(tmp_path):
+    import json
+
+    from randommask.tools.mutants import LAST, PACKAGE, remember
+
+    work = tmp_path / "work"
+    (work / PACKAGE / "data").mkdir(parents=True)
+    (work / PACKAGE / "data" / "counting.py").write_text("x = 2\n")
+    (tmp_path / LAST).parent.mkdir()
+    (tmp_path / LAST).write_text(json.dumps({"modules": {}, "status": {
+        "randommask.data.counting.x_gone__mutmut_1": "survived",  # of a function the new source no longer has
+        "randommask.data.counting.x_f__mutmut_1": "survived", "randommask.data.floors.x_g__mutmut_1": "survived"}}))
+    remember(tmp_path, work, ("data/counting.py",), [Mutant("randommask.data.counting.x_f__mutmut_1", "data/counting.py", "killed")])
+    last = json.loads((tmp_path / LAST).read_text())
+    assert last["status"] == {"randommask.data.counting.x_f__mutmut_1": "killed",
+                              "randommask.data.floors.x_g__mutmut_1": "survived"}
+    assert list(last["modules"]) == ["data/counting.py"] and not list(tmp_path.glob("build/*.tmp"))

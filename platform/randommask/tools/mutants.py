@@ -166,13 +166,19 @@ def last_survivors(repo: Path, modules: tuple[str, ...]) -> tuple[list[str], dic
 
 def remember(repo: Path, work: Path, modules: tuple[str, ...], mutants: list) -> None:
     """Every mutant's status after the run staged in ``work``, with the fingerprint of each module's source
-    as it ran."""
+    as it ran. ``mutants`` holds every selected mutant of ``modules`` (a survivors-only run's others with
+    their last status), so it replaces what was known of those modules: a mutant of an older source that
+    no longer exists never comes back as a survivor to rerun."""
     path = repo / LAST
     last = json.loads(path.read_text()) if path.exists() else {"modules": {}, "status": {}}
+    ran = tuple(f"{PACKAGE}." + m.removesuffix(".py").replace("/", ".") + "." for m in modules)
+    last["status"] = {n: s for n, s in last["status"].items() if not n.startswith(ran)}
     last["status"].update({m.name: m.status for m in mutants})
     last["modules"].update({module: fingerprint(work / PACKAGE, module) for module in modules})
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(last, indent=0, sort_keys=True))
+    tmp = path.with_suffix(".json.tmp")  # a run stopped mid-write leaves the last record whole
+    tmp.write_text(json.dumps(last, indent=0, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def run_mutmut(work: Path, max_children: int, names: list[str]) -> int:
