@@ -248,14 +248,14 @@ def test_a_side_with_no_visible_base_has_no_gap():
 def test_the_index_finds_exactly_the_queried_contexts_past_a_hash_collision():
     """A long context (over DENSE_BASES bases) passes a hash filter, then an exact search: a training
     key that shares a queried key's hash bucket but is larger than every queried key is not found."""
-    from randommask.data.counting import _Index
+    from randommask.data.counting import ContextIndex
 
     known = np.array([7, 1_000], dtype=np.int64)
     collides = 833_040  # found by search: its hash bucket is 1000's
-    assert _Index._hash(np.array([collides]))[0] == _Index._hash(np.array([1_000]))[0]
-    where, at = _Index(known, 10).find(np.array([collides, 1_000, 5, 7, 2_000_000], dtype=np.int64))
+    assert ContextIndex.bucket(np.array([collides]))[0] == ContextIndex.bucket(np.array([1_000]))[0]
+    where, at = ContextIndex(known, 10).find(np.array([collides, 1_000, 5, 7, 2_000_000], dtype=np.int64))
     assert where.tolist() == [1, 3] and at.tolist() == [1, 0]
-    where, at = _Index(known, 8).find(np.array([65_535, 1_000, 5, 7], dtype=np.int64))  # the dense table
+    where, at = ContextIndex(known, 8).find(np.array([65_535, 1_000, 5, 7], dtype=np.int64))  # the dense table
     assert where.tolist() == [1, 3] and at.tolist() == [1, 0]
 
 

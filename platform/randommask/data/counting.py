@@ -155,7 +155,7 @@ HASH_BITS = 20  # longer ones pass a 2**20-bit filter before the exact search
 _HASH = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: multiply, keep the top bits
 
 
-class _Index:
+class ContextIndex:
     """Finds training contexts among the queried ones (``known``, sorted) fast: most training
     positions of a long context are not queried, and a filter drops them before ``searchsorted``."""
 
@@ -166,10 +166,10 @@ class _Index:
             self.dense[known] = np.arange(len(known))
         else:
             self.filter = np.zeros(1 << HASH_BITS, dtype=bool)
-            self.filter[self._hash(known)] = True
+            self.filter[self.bucket(known)] = True
 
     @staticmethod
-    def _hash(keys: np.ndarray) -> np.ndarray:
+    def bucket(keys: np.ndarray) -> np.ndarray:
         return ((keys.astype(np.uint64) * _HASH) >> np.uint64(64 - HASH_BITS)).astype(np.int64)
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +178,7 @@ class _Index:
             at = self.dense[keys]
             where = np.flatnonzero(at >= 0)
             return where, at[where]
-        where = np.flatnonzero(self.filter[self._hash(keys)])
+        where = np.flatnonzero(self.filter[self.bucket(keys)])
         at = np.searchsorted(self.known, keys[where]).clip(max=len(self.known) - 1)
         hit = self.known[at] == keys[where]
         return where[hit], at[hit]
@@ -210,7 +210,7 @@ class BackoffTable:
                     needed.setdefault((a, b, lg, rg), set()).update(keys.tolist())
         self.contexts = {shape: np.array(sorted(keys), dtype=np.int64) for shape, keys in needed.items()}
         self.counts = {shape: np.zeros((len(keys), 4), dtype=np.int64) for shape, keys in self.contexts.items()}
-        self.index = {shape: _Index(keys, shape[0] + shape[1]) for shape, keys in self.contexts.items()}
+        self.index = {shape: ContextIndex(keys, shape[0] + shape[1]) for shape, keys in self.contexts.items()}
         for codes in train:
             for strand in (codes, reverse_complement_codes(codes)) if both_strands else (codes,):
                 self._count(strand, width)
