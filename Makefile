@@ -36,9 +36,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check platform tests jobs
 	$(VENV)/bin/lint-imports --no-cache
 
-# Everything: lint first, then the unit tier (no Ray, no servers) and the integration tier.
+# Everything: lint first, then the unit tier (no Ray, no servers) and the integration tier's two halves
+# as three pytest processes at once (tests/streams.py says why and how they are split). One process,
+# in order, as before: $(PY) -m pytest
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) tests/streams.py $(PYTEST_ARGS)
 
 test-unit: lint
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

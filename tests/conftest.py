@@ -287,6 +287,18 @@ def mlflow_runs(uri: str, key: str | None = None, parent: str | None = None) -> 
     return client, client.search_runs([exp.experiment_id], filter_string=where)
 
 
+def mlflow_run(uri: str, key: str):
+    """(client, run): the one MLflow run keyed ``key``."""
+    client, runs = mlflow_runs(uri, key=key)
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return client, runs[0]
+
+
+def metric_history(client, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of metric ``key`` as the server holds it, by step."""
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
 @pytest.fixture(scope="session")
 def ray_local(s3):
     """One local Ray cluster (token auth on, Ray's default) for the in-process tests."""
