@@ -87,5 +87,5 @@ def test_pretraining_rides_out_s3_outages_at_each_point_of_the_checkpoint_cycle(
         assert [d.name for d in registered] == ["step_00000100", "step_00000120"]
         assert sorted(d.name for d in run.glob("step_*")) == ["step_00000100", "step_00000120"]
         for d in registered:
-            state = torch.load(d / "trainer_state.pt", map_location="cpu", weights_only=False)
+            state = torch.load(d / "trainer_state.pt", map_location="cpu", weights_only=True)
             assert state["step"] == int(d.name.split("_")[1]) and (d / "model" / "model.safetensors").exists()

@@ -9,15 +9,19 @@ CUDA), the metrics history and the config. Ray Train keeps the newest ``run.keep
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import pickle
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from randommask.common import rundir, storage
+from randommask.errors import UserError
 from randommask.training.collectives import all_gather
 from randommask.training.config import PretrainConfig, RunSection
 
@@ -30,6 +34,22 @@ class TrainState:
     tokens: int = 0
     position: dict = field(default_factory=lambda: {"epoch": 0, "sample": 0})  # this rank's data position
     history: list = field(default_factory=list)  # the metrics lines so far (rank 0 writes them)
+
+
+def load_state(source: str | bytes, where: str) -> dict[str, Any]:
+    """A checkpoint's ``trainer_state.pt`` (a path, or its bytes), read with ``weights_only=True``:
+    tensors and plain values only. A checkpoint may come from another team's bucket, and a full
+    unpickle would run whatever code its file names; such a file is refused in one line, unrun.
+    ``where`` names it for the user (the option or run it came from)."""
+    try:
+        return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
+                          weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{where}: {rundir.STATE_FILE} holds objects other than tensors and plain values; refused "
+                        "(loading it would run code it names). Use a checkpoint written by randommask") from None
+    except Exception as e:
+        raise UserError(f"{where}: {rundir.STATE_FILE} is unreadable ({type(e).__name__}); name a step_* checkpoint "
+                        "directory of a pretraining run") from None
 
 
 def retention(run: RunSection):
@@ -69,7 +89,7 @@ class Checkpointer:
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            saved = torch.load(os.path.join(d, rundir.STATE_FILE), map_location="cpu", weights_only=False)
+            saved = load_state(os.path.join(d, rundir.STATE_FILE), f"checkpoint {ckpt.path}")
             loaded = BertForMaskedLM.from_pretrained(os.path.join(d, rundir.CHECKPOINT_MODEL))
             self.mlm.load_state_dict(loaded.state_dict())
         self.opt.load_state_dict(saved["optimizer"])

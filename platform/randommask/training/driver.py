@@ -5,7 +5,6 @@ summarizes the run directory (``common.rundir`` has its layout).
 
 from __future__ import annotations
 
-import io
 import math
 import os
 import time
@@ -79,18 +78,17 @@ def check_resume(cfg: PretrainConfig) -> None:
     src = cfg.run.resume_from
     if src is None:
         return
-    import torch
+    from randommask.training.checkpointer import load_state
 
     state = storage.join(src, rundir.STATE_FILE)
     if not storage.exists(state):
         raise UserError(f"run.resume_from {src}: no {rundir.STATE_FILE} there; name a step_* checkpoint "
                         "directory of a pretraining run")
-    raw = storage.read_bytes(state)  # a storage failure is one line already
-    try:
-        saved = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)["config"]
-    except Exception as e:
-        raise UserError(f"run.resume_from {src}: {rundir.STATE_FILE} is unreadable ({type(e).__name__}); "
-                        "name a step_* checkpoint directory of a pretraining run") from None
+    saved = load_state(storage.read_bytes(state), f"run.resume_from {src}")  # a storage failure is one line already
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise UserError(f"run.resume_from {src}: {rundir.STATE_FILE} holds no training config; name a step_* "
+                        "checkpoint directory of a pretraining run")
+    saved = saved["config"]
     conflicts = resume_conflicts(saved, current)
     if conflicts:
         raise UserError(f"run.resume_from {src}: trained with other settings ({'; '.join(conflicts)}); "
