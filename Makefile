@@ -18,13 +18,17 @@ venv: $(STAMP)
 # itself. The pins (cluster/constraints.txt) are the cluster image's too: the cluster runs what the tests ran.
 $(STAMP): pyproject.toml cluster/constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'" >&2; exit 1; }
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c cluster/constraints.txt -e '.[dev]'
 	@# The tests' MLflow tracking server is a service of its own, as it is where teams host it: its own
 	@# environment (its pins would clash with Ray's pyarrow); the package itself needs only the client.
-	test -x $(MLFLOW_VENV)/bin/mlflow || { $(PYTHON) -m venv $(MLFLOW_VENV) && \
-	  $(MLFLOW_VENV)/bin/pip install --quiet "mlflow==$(MLFLOW_SERVER_VERSION)"; }
+	@# It installs beside the package's environment (two pip processes, two cores); both must succeed.
+	{ test -x $(MLFLOW_VENV)/bin/mlflow || { $(PYTHON) -m venv $(MLFLOW_VENV) && \
+	  $(MLFLOW_VENV)/bin/pip install --quiet "mlflow==$(MLFLOW_SERVER_VERSION)"; }; } & mlflow=$$!; \
+	{ test -x $(PY) || $(PYTHON) -m venv $(VENV); } && \
+	$(PY) -m pip install --quiet --upgrade pip && \
+	$(PY) -m pip install --quiet -c cluster/constraints.txt -e '.[dev]'; main=$$?; \
+	wait $$mlflow; server=$$?; \
+	test $$main -eq 0 || { echo "error: installing the package into $(VENV) failed (above)" >&2; exit 1; }; \
+	test $$server -eq 0 || { echo "error: installing the MLflow server into $(MLFLOW_VENV) failed (above)" >&2; exit 1; }
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -36,9 +40,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check platform tests jobs
 	$(VENV)/bin/lint-imports --no-cache
 
-# Everything: lint first, then the unit tier (no Ray, no servers) and the integration tier's two halves
-# as three pytest processes at once (tests/streams.py says why and how they are split). One process,
-# in order, as before: $(PY) -m pytest
+# Everything: lint first, then the integration tier and the unit tier (no Ray, no servers) as two pytest
+# processes at once, the unit tier under SCHED_IDLE so it only fills the cores the integration tier
+# leaves idle (tests/streams.py says why). One process, in order: $(PY) -m pytest
 test: lint
 	$(PY) tests/streams.py $(PYTEST_ARGS)
 

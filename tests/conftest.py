@@ -35,6 +35,12 @@ TINY_CONFIG = REPO / "jobs" / "configs" / "pretrain-tiny.yaml"  # the tiny test 
 UNIT = Path(__file__).resolve().parent / "unit"
 MLFLOW_SERVER = REPO / ".venv-mlflow" / "bin" / "mlflow"  # the tracking server's own environment (Makefile)
 
+# Ray Train's controller polls its workers every 2 s by default, so a run's end (and each report) is
+# seen up to 2 s late; the suite runs about fifty pretrainings. Every driver started from the tests
+# inherits this (Ray Train passes it on to its controller); a missed poll only counts toward the
+# 10-minute worker health timeout.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
 S3_KEY, S3_SECRET = "randommask-test-key", "randommask-test-secret"
 # What the unit tier must not start: a Ray cluster, an S3 server, or anything built on them.
 SERVER_FIXTURES = {"s3", "ray_local", "prepared", "tiny_run", "mlflow"}

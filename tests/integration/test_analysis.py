@@ -15,16 +15,17 @@ from randommask.training.driver import pretrain
 
 
 @pytest.fixture(scope="module")
-def two_tiny_runs(prepared, tmp_path_factory):
-    """RandomMask and DNABERT-style span masking, otherwise identical, equal length."""
+def two_tiny_runs(tiny_run, tmp_path_factory):
+    """RandomMask and DNABERT-style span masking, otherwise identical, equal length: the session's tiny
+    run (150 steps of RandomMask) and a span-masking run of the same config."""
+    run, _, cfg = tiny_run
     root = tmp_path_factory.mktemp("analysis")
-    common = [f"data.prepared={prepared}", f"run.storage_path={root / 'runs'}", "optim.max_steps=60",
-              "masking.phase_ends=[12,24,36,48,60]", "run.eval_every=20", "run.checkpoint_every=60",
-              "run.eval_windows=32", "observability.progress=false"]
-    pretrain(load_config(TINY_CONFIG, [*common, "run.name=randommask"]))
-    pretrain(load_config(TINY_CONFIG, [*common, "run.name=span", "masking.strategy=span", "masking.phase_ends=null",
-                                       "masking.sampling=null"]))
-    return root / "runs" / "randommask", root / "runs" / "span", prepared
+    shutil.copytree(run, root / "runs" / "randommask")  # the label is the directory's name
+    pretrain(load_config(TINY_CONFIG, [f"data.prepared={cfg.data.prepared}", f"run.storage_path={root / 'runs'}",
+                                       "run.name=span", "masking.strategy=span", "masking.phase_ends=null",
+                                       "masking.sampling=null", "run.checkpoint_every=150",
+                                       "observability.progress=false"]))
+    return root / "runs" / "randommask", root / "runs" / "span", cfg.data.prepared
 
 
 @pytest.mark.ray
@@ -39,7 +40,7 @@ def test_analyze_compares_two_real_tiny_runs(two_tiny_runs, tmp_path):
     runs = {r["label"]: r for r in report["runs"]}
     assert set(runs) == {"randommask", "span"}
     for r in runs.values():
-        assert r["loss"]["steps"] == 60 and r["loss"]["final_eval_span_k_loss"] > 0
+        assert r["loss"]["steps"] == 150 and r["loss"]["final_eval_span_k_loss"] > 0
         assert r["loss"]["loss_key"] == "mask_loss" and r["loss"]["final_eval_span_k_mask_loss"] > 0
         assert r["floors"]["context_free"] == pytest.approx(8.17, abs=0.03)  # the run's floors.json
         assert r["loss"]["floor_context_free"] == r["floors"]["context_free"] and "collapse_progress" in r["loss"]
@@ -87,6 +88,6 @@ def test_a_run_on_s3_loads_with_the_endpoint_given_as_an_option(two_tiny_runs, s
     shutil.copytree(rm, s3.bucket("analysis-runs") / "randommask")
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     source = load_source("s3://analysis-runs/randommask", storage_options={"endpoint_url": s3.endpoint})
-    assert source.history and source.history[-1]["step"] == 60
-    assert source.config["run"]["name"] == "randommask" and source.floors["context_free"] > 0
+    assert source.history and source.history[-1]["step"] == 150
+    assert source.config["run"]["name"] == "outputs" and source.floors["context_free"] > 0  # the tiny run's name
     assert (Path(source.model_dir) / "config.json").is_file()
