@@ -67,6 +67,26 @@ def test_resume_from_a_hostile_checkpoint_is_refused_in_one_line_and_nothing_run
     assert not marker.exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"", "trainer_state.pt is unreadable (EOFError)"),
+    (b"hello world", "trainer_state.pt is unreadable (KeyError)"),  # garbage, read as a legacy pickle
+    (None, "trainer_state.pt holds no training config"),  # a torch file of plain values, but not a state
+])
+def test_resume_from_a_file_that_is_no_trainer_state_is_one_line(tmp_path, content, message):
+    from randommask.training.driver import check_resume
+
+    ckpt = tmp_path / "step_00000010"
+    ckpt.mkdir()
+    if content is None:
+        torch.save({"step": 10}, ckpt / "trainer_state.pt")
+    else:
+        (ckpt / "trainer_state.pt").write_bytes(content)
+    with pytest.raises(UserError) as refused:
+        check_resume(load_tiny(str(tmp_path / "prepared"), tmp_path / "runs", "moved", f"run.resume_from={ckpt}"))
+    assert str(refused.value).startswith(f"run.resume_from {ckpt}: {message}")
+    assert "step_* checkpoint directory of a pretraining run" in str(refused.value)
+
+
 def test_the_workers_restore_refuses_a_hostile_checkpoint_and_nothing_runs(tmp_path, monkeypatch):
     """The worker reads the checkpoint Ray Train hands it (its own run's latest, which another writer may
     have replaced): the same refusal, before any weights are loaded."""

@@ -47,7 +47,8 @@ def load_state(source: str | bytes, where: str) -> dict[str, Any]:
     except pickle.UnpicklingError:
         raise UserError(f"{where}: {rundir.STATE_FILE} holds objects other than tensors and plain values; refused "
                         "(loading it would run code it names). Use a checkpoint written by randommask") from None
-    except Exception as e:
+    except (OSError, EOFError, RuntimeError, KeyError, ValueError) as e:  # what torch.load raises on a missing,
+        # empty, truncated or non-torch file (KeyError: garbage read as a legacy pickle); anything else is a bug
         raise UserError(f"{where}: {rundir.STATE_FILE} is unreadable ({type(e).__name__}); name a step_* checkpoint "
                         "directory of a pretraining run") from None
 
